@@ -1,0 +1,1 @@
+"""Memorization toolkit: one shared library behind the thin top-level scripts."""

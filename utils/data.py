@@ -1,0 +1,307 @@
+"""Dataset registry, transforms and indexed samples.
+
+Every training sample yields `(index, image, given_label)`; `index` is the sample's position
+in the training set (duplicates are appended after the originals) and is what every score
+file is keyed by. Images come out normalised, in the model's input space.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .errors import UserError
+from .noise import corrupt_labels, pick_duplicates
+
+CIFAR_MEAN = {"cifar10": (0.4914, 0.4822, 0.4465), "cifar100": (0.5071, 0.4865, 0.4409)}
+CIFAR_STD = {"cifar10": (0.2470, 0.2435, 0.2616), "cifar100": (0.2673, 0.2564, 0.2762)}
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+DATASETS = ("digits", "cifar10", "cifar100", "imagenet", "imagefolder")
+
+
+# ----------------------------------------------------------------------------- transforms
+class TensorTransform:
+    """uint8 (C,H,W) -> float (C,H,W): optional pad-4 random crop + flip, then normalise."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], augment: bool, scale: float = 255.0):
+        self.mean = torch.tensor(mean).view(-1, 1, 1)
+        self.std = torch.tensor(std).view(-1, 1, 1)
+        self.augment, self.scale = augment, scale
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        x = img.float() / self.scale
+        if self.augment:
+            _, h, w = x.shape
+            x = torch.nn.functional.pad(x, (4, 4, 4, 4))
+            i, j = torch.randint(0, 9, (2,)).tolist()
+            x = x[:, i:i + h, j:j + w]
+            if torch.rand(()) < 0.5:
+                x = x.flip(-1)
+        return (x - self.mean) / self.std
+
+
+def _imagenet_transform(augment: bool, size: int) -> Callable:
+    from torchvision import transforms as T
+
+    if augment:
+        ops = [T.RandomResizedCrop(size), T.RandomHorizontalFlip()]
+    else:
+        ops = [T.Resize(int(size * 256 / 224)), T.CenterCrop(size)]
+    return T.Compose([*ops, T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+# ----------------------------------------------------------------------------- the indexed dataset
+class IndexedDataset(Dataset):
+    """Samples `(index, image, given_label)`; also exposes `true_labels`, `is_noisy`, `is_duplicate`.
+
+    `images` is either a tensor (N_src, C, H, W) or a list of file paths (decoded lazily);
+    `source_index[i]` says which source image sample i shows (duplicates repeat a source).
+    """
+
+    def __init__(self, images: torch.Tensor | list[str], source_index: np.ndarray, given_labels: np.ndarray,
+                 true_labels: np.ndarray, transform: Callable, is_duplicate: np.ndarray | None = None,
+                 duplicate_of: np.ndarray | None = None) -> None:
+        self.images, self.source_index, self.transform = images, source_index, transform
+        self.given_labels = np.asarray(given_labels, dtype=np.int64)
+        self.true_labels = np.asarray(true_labels, dtype=np.int64)
+        n = len(self.given_labels)
+        self.is_noisy = self.given_labels != self.true_labels
+        self.is_duplicate = np.zeros(n, bool) if is_duplicate is None else is_duplicate
+        self.duplicate_of = np.full(n, -1, np.int64) if duplicate_of is None else duplicate_of
+
+    def __len__(self) -> int:
+        return len(self.given_labels)
+
+    def raw(self, i: int) -> Any:
+        """The un-transformed image of sample i (uint8 tensor or PIL image)."""
+        src = int(self.source_index[i])
+        if isinstance(self.images, torch.Tensor):
+            return self.images[src]
+        from PIL import Image
+
+        with Image.open(self.images[src]) as im:
+            return im.convert("RGB")
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor, int]:
+        return i, self.transform(self.raw(i)), int(self.given_labels[i])
+
+    def with_transform(self, transform: Callable) -> IndexedDataset:
+        """Same samples and labels, another transform (e.g. the un-augmented one for scoring)."""
+        other = object.__new__(IndexedDataset)
+        other.__dict__.update(self.__dict__)
+        other.transform = transform
+        return other
+
+
+@dataclass
+class DataBundle:
+    train: IndexedDataset  # augmented (for training)
+    train_eval: IndexedDataset  # the same samples, un-augmented (stats, scoring)
+    test: IndexedDataset
+    num_classes: int
+    in_channels: int
+    image_size: int
+    classes: list[str]
+    record: dict[str, Any]  # the per-sample record stored in checkpoints and score files
+
+
+# ----------------------------------------------------------------------------- raw sources
+def data_root(cfg: dict[str, Any]) -> Path:
+    return Path(cfg["data"]["root"] or os.environ.get("DATA_ROOT", "") or "data")
+
+
+def _load_digits() -> tuple[torch.Tensor, np.ndarray, torch.Tensor, np.ndarray, list[str]]:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.uint8).unsqueeze(1)  # (1797, 1, 8, 8), values 0..16
+    idx = np.arange(len(x))
+    tr, te = train_test_split(idx, test_size=0.25, stratify=d.target, random_state=0)
+    tr, te = np.sort(tr), np.sort(te)
+    return x[tr], d.target[tr], x[te], d.target[te], [str(i) for i in range(10)]
+
+
+def _load_cifar(name: str, root: Path, download: bool) -> tuple[torch.Tensor, np.ndarray, torch.Tensor, np.ndarray, list[str]]:
+    from torchvision import datasets
+
+    cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+    sets = []
+    for train in (True, False):
+        try:
+            ds = cls(str(root), train=train, download=download)
+        except RuntimeError:
+            folder = "cifar-10-batches-py" if name == "cifar10" else "cifar-100-python"
+            raise UserError(f"{name} not found or corrupt under {root / folder}; run once with data.download=true "
+                            "on a machine with a network, or point data.root / $DATA_ROOT at it") from None
+        sets.append((torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), np.asarray(ds.targets)))
+    (xtr, ytr), (xte, yte) = sets
+    return xtr, ytr, xte, yte, list(ds.classes)
+
+
+def _scan_folder(split_dir: Path) -> tuple[list[str], np.ndarray, list[str]]:
+    """ImageFolder scan with clear errors for a missing directory or an empty class folder."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    if not split_dir.is_dir():
+        raise UserError(f"image folder {split_dir} not found; it must hold one sub-folder per class "
+                        "(set data.root / $DATA_ROOT and data.folder)")
+    classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+    if not classes:
+        raise UserError(f"image folder {split_dir} has no class sub-folders")
+    paths, labels = [], []
+    for k, c in enumerate(classes):
+        files = sorted(str(f) for f in (split_dir / c).iterdir() if f.suffix.lower() in IMG_EXTENSIONS)
+        if not files:
+            raise UserError(f"class folder {split_dir / c} holds no images; add images or remove the folder")
+        paths += files
+        labels += [k] * len(files)
+    return paths, np.asarray(labels), classes
+
+
+def _decode_all(paths: list[str], size: int) -> torch.Tensor:
+    from PIL import Image
+
+    out = torch.empty(len(paths), 3, size, size, dtype=torch.uint8)
+    for i, p in enumerate(paths):
+        with Image.open(p) as im:
+            im = im.convert("RGB")
+            if im.size != (size, size):
+                im = im.resize((size, size), Image.BILINEAR)
+            out[i] = torch.from_numpy(np.asarray(im)).permute(2, 0, 1)
+    return out
+
+
+def _folder_dir(cfg: dict[str, Any]) -> Path:
+    d = cfg["data"]
+    folder = d["folder"] or ("imagenet" if d["name"] == "imagenet" else "")
+    return data_root(cfg) / folder if folder else data_root(cfg)
+
+
+def _test_split(base: Path) -> Path:
+    for name in ("test", "val"):
+        if (base / name).is_dir():
+            return base / name
+    raise UserError(f"image folder {base} needs a test/ or val/ split beside train/")
+
+
+# ----------------------------------------------------------------------------- build
+def build_data(cfg: dict[str, Any]) -> DataBundle:
+    """Load the configured dataset, apply label noise and duplicates, and build the datasets."""
+    d, nz = cfg["data"], cfg["noise"]
+    name = d["name"]
+    if name not in DATASETS:
+        raise UserError(f"unknown data.name {name!r}; known: {', '.join(DATASETS)}")
+    if name == "digits":
+        xtr, ytr, xte, yte, classes = _load_digits()
+        mean, std = (4.88 / 16,), (6.02 / 16,)  # digits pixel statistics, images scaled to [0, 1]
+        mk = lambda aug: TensorTransform(mean, std, augment=False, scale=16.0)  # noqa: E731
+    elif name in ("cifar10", "cifar100"):
+        xtr, ytr, xte, yte, classes = _load_cifar(name, data_root(cfg), d["download"])
+        mk = lambda aug: TensorTransform(CIFAR_MEAN[name], CIFAR_STD[name], aug)  # noqa: E731
+    else:
+        base = _folder_dir(cfg)
+        ptr, ytr, classes = _scan_folder(base / "train")
+        pte, yte, classes_te = _scan_folder(_test_split(base))
+        if classes_te != classes:
+            raise UserError(f"train/ and test/ of {base} have different class folders")
+        if name == "imagefolder" and d["in_memory"]:
+            size = d["image_size"] or 32
+            xtr, xte = _decode_all(ptr, size), _decode_all(pte, size)
+            mean, std = CIFAR_MEAN["cifar10"], CIFAR_STD["cifar10"]
+            mk = lambda aug: TensorTransform(mean, std, aug)  # noqa: E731
+        else:
+            xtr, xte = ptr, pte
+            size = d["image_size"] or 224
+            mk = lambda aug: _imagenet_transform(aug, size)  # noqa: E731
+    if d["subset"] > 0:
+        xtr, ytr = xtr[: d["subset"]], ytr[: d["subset"]]
+    ytr, yte = np.asarray(ytr, np.int64), np.asarray(yte, np.int64)
+    k = len(classes)
+
+    given = corrupt_labels(ytr, k, nz["kind"], nz["rate"], nz["seed"], classes)
+    n = len(ytr)
+    source = np.arange(n)
+    true, dup, dup_of = ytr, np.zeros(n, bool), np.full(n, -1, np.int64)
+    if nz["duplicates"] > 0:
+        src, lab = pick_duplicates(ytr, given, k, nz["duplicates"], nz["seed"])
+        source = np.concatenate([source, src])
+        given = np.concatenate([given, lab])
+        true = np.concatenate([ytr, ytr[src]])
+        dup = np.concatenate([dup, np.ones(len(src), bool)])
+        dup_of = np.concatenate([dup_of, src])
+
+    augment = d["augment"] and name != "digits"
+    train = IndexedDataset(xtr, source, given, true, mk(augment), dup, dup_of)
+    train_eval = train.with_transform(mk(False))
+    test = IndexedDataset(xte, np.arange(len(yte)), yte, yte, mk(False))
+    sample = train_eval[0][1]
+    record = {
+        "dataset": name if name not in ("imagefolder",) else f"imagefolder:{d['folder']}",
+        "num_classes": k,
+        "in_channels": int(sample.shape[0]),
+        "image_size": int(sample.shape[-1]),
+        "classes": list(classes),
+        "noise_kind": nz["kind"],
+        "noise_rate": float(nz["rate"]),
+        "noise_seed": int(nz["seed"]),
+        "index": torch.arange(len(given)),
+        "given_labels": torch.from_numpy(given),
+        "true_labels": torch.from_numpy(true),
+        "is_noisy": torch.from_numpy(given != true),
+        "is_duplicate": torch.from_numpy(dup),
+        "duplicate_of": torch.from_numpy(dup_of),
+        "source_index": torch.from_numpy(source),
+    }
+    return DataBundle(train, train_eval, test, k, sample.shape[0], sample.shape[-1], list(classes), record)
+
+
+# ----------------------------------------------------------------------------- batching
+class GlobalBatchSampler(torch.utils.data.Sampler):
+    """Cuts one global permutation (same on every rank) into global batches; each rank takes
+    a strided share of every batch, so `world` ranks see exactly what one process would."""
+
+    def __init__(self, n: int, batch_size: int, rank: int = 0, world: int = 1, shuffle: bool = True, seed: int = 0):
+        self.n, self.bs, self.rank, self.world, self.shuffle, self.seed = n, batch_size, rank, world, shuffle, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def global_batches(self) -> list[torch.Tensor]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(self.n, generator=g)
+        else:
+            order = torch.arange(self.n)
+        batches = list(order.split(self.bs))
+        if batches and len(batches[-1]) < self.world:
+            batches.pop()  # a batch too small to give every rank a sample
+        return batches
+
+    def __iter__(self):
+        for b in self.global_batches():
+            yield b[self.rank :: self.world].tolist()
+
+    def __len__(self) -> int:
+        return len(self.global_batches())
+
+
+def make_loader(ds: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0, rank: int = 0, world: int = 1,
+                num_workers: int = 0) -> torch.utils.data.DataLoader:
+    sampler = GlobalBatchSampler(len(ds), batch_size, rank, world, shuffle, seed)
+    return torch.utils.data.DataLoader(ds, batch_sampler=sampler, num_workers=num_workers,
+                                       pin_memory=torch.cuda.is_available(), persistent_workers=num_workers > 0)
+
+
+def shard_range(n: int, rank: int, world: int) -> range:
+    """Contiguous block of [0, n) owned by `rank` (for sharded evaluation and scoring)."""
+    per = -(-n // world)
+    return range(min(rank * per, n), min((rank + 1) * per, n))
