@@ -18,6 +18,8 @@ import yaml
 
 from .errors import UserError
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
 DEFAULTS: dict[str, Any] = {
     "run": "",  # run name; "" derives one from dataset, model, noise and seed
     "resume": True,  # continue from the newest complete checkpoint of the run
@@ -39,7 +41,14 @@ DEFAULTS: dict[str, Any] = {
         "seed": 0,  # independent of train.seed
         "duplicates": 0,  # inject this many duplicated images carrying a different label
     },
-    "model": {"name": "digits_mlp", "width": 0, "activation": ""},
+    "model": {
+        "name": "digits_mlp", "width": 0, "activation": "",
+        # example-tied dropout (localization): on when etd_p_mem > 0
+        "etd_p_gen": 0.2,  # fraction of each layer's units that are always-on generalization units
+        "etd_p_mem": 0.0,  # keep rate of the remaining (memorization) units, per example
+        "etd_seed": 0,  # seed of the per-example masks (independent of train.seed)
+        "etd_layers": 0,  # example-tied dropout on the last k hidden layer groups (0 = every hidden group)
+    },
     "train": {
         "epochs": 30,
         "batch_size": 128,  # global batch (split across ranks)
@@ -56,6 +65,25 @@ DEFAULTS: dict[str, Any] = {
         "eval_batch_size": 512,
         "checkpoint_every": 1,  # save every k-th epoch (epoch 0 and the last are always saved)
     },
+    "analysis": {  # analyze_curvature.py / find_duplicates.py / fz_memorization.py (utils/analysis.py, duplicates.py, memorization.py)
+        "top_k": 32,  # images in the top-curvature grid
+        "cl_probs": "auto",  # Confident Learning probabilities: auto (cv on digits, best otherwise) | cv | best
+        "cv_folds": 5,  # folds of the out-of-sample probabilities
+        "seed": 0,  # CV folds, FZ subsets and initialisations
+        "dup_top": 100,  # duplicate finder: search from the top-k curvature samples (0 = all)
+        "dup_neighbors": 5,  # nearest neighbours looked at per searched sample, in each space
+        "dup_pixel_rms": 0.05,  # near-identical in pixels: RMS difference of [0, 1] images below this
+        "dup_feature_cos": 0.995,  # near-identical in features: cosine similarity of penultimate features above this
+        "dup_epoch": -1,  # checkpoint epoch giving the features (-1 = last)
+        "fz_models": 200,  # Feldman-Zhang: models trained on random subsets
+        "fz_fraction": 0.7,  # subset size as a fraction of the training set
+        "fz_width": 0,  # MLP width (0 = the run's model width, 256 if not an MLP)
+        "fz_epochs": 0,  # 0 = the run's train.epochs
+        "fz_lr": 0.0,  # 0 = the run's train.lr
+        "fz_batch_size": 0,  # 0 = the run's train.batch_size
+        "fz_chunk": 100,  # models trained at once (memory)
+        "fz_bins": 10,  # bins of the mem-vs-curvature plot
+    },
     "score": {
         "method": "exact",  # exact | fd
         "n_probes": 10,
@@ -65,6 +93,40 @@ DEFAULTS: dict[str, Any] = {
         "split": "train",  # train | test | both
         "seed": 0,
         "spectrum": False,
+    },
+    "localization": {  # gradient_accounting / layer_rewinding / layer_retraining / neuron_flipping / example_tied_dropout
+        "group_depth": 0,  # 0: one group per weight layer (+ its norm); k>0: merge groups sharing k leading name parts
+        "accounting_every": 1,  # gradient accounting on every k-th optimizer step
+        "rewind_epochs": [0, 5],  # checkpoints whose group weights replace the final model's
+        "retrain_from": 0,  # epoch a group is reset to before retraining it alone on the clean examples
+        "retrain_epochs": 5,
+        "retrain_lr": 0.05,
+        "retrain_groups": [],  # group names to retrain ([] = all)
+        "flip_clean": 50,  # distinct clean / noisy training examples to flip
+        "flip_noisy": 50,
+        "flip_max_units": 500,  # iteration cap: give up after zeroing this many units
+        "flip_batch": 64,  # clean reference examples the target's estimate is compared with
+        "flip_refresh": 1,  # recompute the reference batch's estimate every k zeroed units (0: once)
+        "flip_test_subset": 0,  # >0: measure the test-accuracy cost on the first k test images
+        "batch_size": 512,  # evaluation batch size
+        "seed": 0,
+    },
+    "spectrum": {  # parameter-Hessian spectra (utils/hessian.py, utils/spectral.py, utils/esm.py)
+        "top_k": 30,  # Lanczos eigenvalues kept
+        "lanczos_iter": 80,  # Lanczos steps (full reorthogonalization)
+        "tol": 0.0,  # Ritz-residual tolerance relative to |lambda|_max; 0 = always run lanczos_iter steps
+        "n_samples": 512,  # fixed Hessian sample set (random training samples, un-augmented); 0 = all
+        "batch_size": 512,  # micro-batch of one HVP pass
+        "slq_probes": 4,  # stochastic Lanczos quadrature starts (density, tr H, tr H^2)
+        "slq_iter": 80,
+        "seed": 0,  # sample set and Lanczos start vectors
+        "tw_quantile": 0.99,  # Tracy-Widom quantile of the MP edge margin (null false-outlier rate per spectrum)
+    },
+    "esm": {  # early spectral memorization grid (esm_experiment.py / analyse_esm.py)
+        "name": "",  # grid name: outputs under <paths.scores>/esm/<name>_<condition>_s<seed>/; "" = data_model
+        "steps": [100, 500, 2000],  # optimizer steps at which the spectrum is captured
+        "seeds": [0, 1, 2, 3, 4],  # train.seed = noise.seed of each run
+        "conditions": ["none", "random"],  # noise.kind per condition (noise.rate 1.0 for random)
     },
 }
 
@@ -164,19 +226,23 @@ def default_run_name(cfg: dict[str, Any]) -> str:
 
 
 # Keys that may differ between a run and its resumption without changing what it computes.
-_RESUME_FREE = ("resume", "paths.", "data.root", "data.num_workers", "data.download", "train.epochs",
-                "train.checkpoint_every", "train.eval_batch_size", "score.")
+_RESUME_FREE = ("run", "resume", "paths.", "data.root", "data.num_workers", "data.download", "train.epochs",
+                "train.checkpoint_every", "train.eval_batch_size", "score.", "localization.", "analysis.")
 
 
 def identity_hash(cfg: dict[str, Any]) -> str:
     """Hash of the keys that define a run (what must match when resuming)."""
     flat = {k: v for k, v in _flatten(cfg).items() if not any(k == f or k.startswith(f) for f in _RESUME_FREE)}
+    if not flat.get("model.etd_p_mem", 0.0):  # runs without example-tied dropout keep their pre-ETD identity
+        for k in ("model.etd_p_gen", "model.etd_p_mem", "model.etd_seed", "model.etd_layers"):
+            flat.pop(k, None)
     return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def parse_args(default_config: str, argv: list[str] | None = None, description: str = "") -> dict[str, Any]:
     """Command line of every script: `[--config PATH] [section.key=value ...]`."""
     parser = argparse.ArgumentParser(description=description, epilog="valid keys: " + ", ".join(VALID_KEYS))
+    default_config = str(REPO_ROOT / default_config)  # the scripts' own config, wherever they are run from
     parser.add_argument("--config", default=default_config, help=f"YAML config (default {default_config})")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides")
     args = parser.parse_args(argv)

@@ -175,7 +175,7 @@ def _decode_all(paths: list[str], size: int) -> torch.Tensor:
             im = im.convert("RGB")
             if im.size != (size, size):
                 im = im.resize((size, size), Image.BILINEAR)
-            out[i] = torch.from_numpy(np.asarray(im)).permute(2, 0, 1)
+            out[i] = torch.from_numpy(np.array(im)).permute(2, 0, 1)
     return out
 
 

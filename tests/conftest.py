@@ -1,0 +1,40 @@
+"""Shared fixtures: tiny digits runs in a temporary directory (no network, no ../shared)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+from utils.config import load_config  # noqa: E402
+
+
+def tiny_cfg(tmp: Path, *overrides: str) -> dict:
+    """A fast digits config (300 training images, MLP) writing under `tmp`."""
+    base = [f"paths.pretrained={tmp}/pretrained", f"paths.scores={tmp}/curv_scores", f"paths.logs={tmp}/logs",
+            "data.subset=300", "train.epochs=3", "train.batch_size=32", "run=tiny"]
+    return load_config(ROOT / "configs/digits.yaml", base + list(overrides))
+
+
+def run_script(script: str, *args: str, cwd: Path = ROOT, nproc: int = 0, env: dict | None = None,
+               timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run a top-level script (optionally under torchrun with `nproc` CPU processes)."""
+    cmd = [sys.executable]
+    if nproc:
+        cmd += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    cmd += [str(ROOT / script), *args]
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    return lambda *o: tiny_cfg(tmp_path, *o)

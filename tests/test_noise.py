@@ -1,0 +1,58 @@
+import numpy as np
+import pytest
+from scipy import stats
+
+from utils.noise import asymmetric_map, corrupt_labels, pick_duplicates
+
+CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.1, 0.37, 1.0])
+def test_symmetric_exact_count_never_true(rate):
+    y = np.arange(5000) % 10
+    g = corrupt_labels(y, 10, "symmetric", rate, seed=3)
+    flipped = g != y
+    assert flipped.sum() == round(rate * len(y))  # exact count, and a flip never lands on the true class
+
+
+def test_symmetric_uniform_over_other_classes():
+    y = np.zeros(20000, dtype=np.int64)
+    g = corrupt_labels(y, 10, "symmetric", 0.5, seed=0)
+    counts = np.bincount(g[g != 0], minlength=10)[1:]
+    assert counts.sum() == 10000
+    assert stats.chisquare(counts).pvalue > 1e-3
+
+
+def test_seed_controls_noise_only():
+    y = np.arange(1000) % 7
+    a = corrupt_labels(y, 7, "symmetric", 0.2, seed=1)
+    assert np.array_equal(a, corrupt_labels(y, 7, "symmetric", 0.2, seed=1))
+    assert not np.array_equal(a, corrupt_labels(y, 7, "symmetric", 0.2, seed=2))
+
+
+def test_asymmetric_cifar10_map():
+    m = asymmetric_map(CIFAR10)
+    name = dict(zip(CIFAR10, range(10)))
+    assert m[name["truck"]] == name["automobile"] and m[name["bird"]] == name["airplane"]
+    assert m[name["deer"]] == name["horse"] and m[name["cat"]] == name["dog"] and m[name["dog"]] == name["cat"]
+    assert m[name["frog"]] == name["frog"]
+    y = np.arange(10000) % 10
+    g = corrupt_labels(y, 10, "asymmetric", 0.2, seed=0, classes=CIFAR10)
+    assert (g != y).sum() == 2000 and np.all(g[g != y] == m[y[g != y]])
+    assert np.array_equal(asymmetric_map([str(i) for i in range(4)]), [1, 2, 3, 0])
+
+
+def test_random_labels_cover_all_classes():
+    y = np.zeros(10000, dtype=np.int64)
+    g = corrupt_labels(y, 10, "random", 0.0, seed=0)
+    counts = np.bincount(g, minlength=10)
+    assert stats.chisquare(counts).pvalue > 1e-3
+
+
+def test_duplicates_conflict_and_come_from_clean():
+    y = np.arange(1000) % 10
+    g = corrupt_labels(y, 10, "symmetric", 0.1, seed=0)
+    src, lab = pick_duplicates(y, g, 10, 50, seed=0)
+    assert len(set(src)) == 50 and np.all(g[src] == y[src]) and np.all(lab != y[src])
+    # the noise itself is unchanged by asking for duplicates (separate stream)
+    assert np.array_equal(g, corrupt_labels(y, 10, "symmetric", 0.1, seed=0))
