@@ -93,6 +93,7 @@ DEFAULTS: dict[str, Any] = {
         "split": "train",  # train | test | both
         "seed": 0,
         "spectrum": False,
+        "max_rows": 1024,  # fd: at most this many (probe x sample) rows per forward/backward pass
     },
     "localization": {  # gradient_accounting / layer_rewinding / layer_retraining / neuron_flipping / example_tied_dropout
         "group_depth": 0,  # 0: one group per weight layer (+ its norm); k>0: merge groups sharing k leading name parts
@@ -109,6 +110,8 @@ DEFAULTS: dict[str, Any] = {
         "flip_refresh": 1,  # recompute the reference batch's estimate every k zeroed units (0: once)
         "flip_test_subset": 0,  # >0: measure the test-accuracy cost on the first k test images
         "batch_size": 512,  # evaluation batch size
+        "eval_subset": 0,  # >0: accuracies on the first k training and the first k test images only
+        "retrain_examples": 0,  # >0: retrain on the first k clean training examples only
         "seed": 0,
     },
     "spectrum": {  # parameter-Hessian spectra (utils/hessian.py, utils/spectral.py, utils/esm.py)

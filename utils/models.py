@@ -234,5 +234,5 @@ def forward(model: nn.Module, x: torch.Tensor, index: torch.Tensor | None = None
 
 
 def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy per sample (B,), in float32 even under autocast."""
-    return F.cross_entropy(logits.float(), labels, reduction="none")
+    """Cross-entropy per sample (B,), in float32 even under autocast (float64 logits stay float64)."""
+    return F.cross_entropy(logits if logits.dtype == torch.float64 else logits.float(), labels, reduction="none")

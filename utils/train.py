@@ -32,6 +32,7 @@ from .data import DataBundle, build_data, make_loader
 from .distributed import Dist, all_reduce_sum, barrier, setup
 from .errors import UserError
 from .evaluate import autocast, evaluate
+from .example_tied_dropout import wrap_if_configured
 from .models import build_model, forward, per_sample_loss
 
 
@@ -62,8 +63,9 @@ class Callback:
 def model_for(cfg: dict[str, Any], record: dict[str, Any]) -> nn.Module:
     """Build the configured model for a dataset record (no weights loaded)."""
     m = cfg["model"]
-    return build_model(m["name"], record["num_classes"], record["in_channels"], record["image_size"],
-                       m["width"], m["activation"])
+    model = build_model(m["name"], record["num_classes"], record["in_channels"], record["image_size"],
+                        m["width"], m["activation"])
+    return wrap_if_configured(model, m)  # example-tied dropout when model.etd_p_mem > 0
 
 
 def load_model(ckpt: dict[str, Any], device: torch.device | str = "cpu") -> nn.Module:

@@ -1,0 +1,10 @@
+"""Example-tied dropout - train with per-example memorization units, evaluate in test and drop modes.
+
+python example_tied_dropout.py [--config F] [section.key=value ...]
+"""
+
+from utils.cli import run_script
+from utils.localization import run_example_tied_dropout
+
+if __name__ == "__main__":
+    run_script(run_example_tied_dropout, "configs/localization/digits_etd.yaml", __doc__)

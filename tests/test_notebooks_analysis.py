@@ -1,0 +1,49 @@
+"""The three analysis notebooks run headless (nbclient) on a tiny run; any cell error fails the test."""
+
+from __future__ import annotations
+
+import os
+
+import nbformat
+import numpy as np
+import pytest
+from nbclient import NotebookClient
+
+from utils.analysis import load_npz
+from utils.checkpoint import run_dir
+
+from .conftest import ROOT
+from .test_analysis import make_run, write_scores
+
+NOTEBOOKS = ("analyze_curvature", "duplicates", "memorization_ground_truth")
+
+
+@pytest.fixture(scope="module")
+def scored_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("nb")
+    cfg = make_run(tmp, "noise.duplicates=10")
+    rec = load_npz(run_dir(cfg) / "train_stats.npz")
+    rng = np.random.default_rng(0)
+    write_scores(cfg, rec["is_noisy"] * 5.0 + rng.random(len(rec["is_noisy"])))
+    return cfg
+
+
+def _parameters(cfg: dict) -> str:
+    overrides = [f"paths.pretrained={cfg['paths']['pretrained']}", f"paths.scores={cfg['paths']['scores']}",
+                 "analysis.fz_models=6", "analysis.fz_epochs=2", "analysis.fz_width=16", "analysis.top_k=8",
+                 "analysis.dup_top=20"]
+    return f"RUN = {cfg['run']!r}\nCONFIG = 'configs/digits.yaml'\nOVERRIDES = {overrides!r}\n"
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_runs(scored_run, name):
+    nb = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, "the run name lives in exactly one cell tagged 'parameters'"
+    tagged[0].source = _parameters(scored_run)
+    client = NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}})
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+    client.execute(env=env)  # raises CellExecutionError on the first failing cell
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    assert any("image/png" in o.get("data", {}) for o in outputs), "the notebook should show its figure"

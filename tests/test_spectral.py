@@ -1,0 +1,138 @@
+"""MP fit, Tracy-Widom margin, ESM metric and its null threshold, ROC helper: against Wishart matrices
+with known laws, spiked Wishart (BBP), and hand-computed ROC cases."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.integrate import quad
+
+from utils.hessian import lanczos, slq
+from utils.spectral import (
+    esm_metric,
+    fit_mp,
+    mp_density,
+    mp_edges,
+    roc,
+    summarise_esm,
+    threshold_accuracy,
+    tw1_cdf,
+    tw1_quantile,
+)
+
+torch.set_num_threads(1)
+
+
+def test_tracy_widom_table_values():
+    # GOE Tracy-Widom: quantiles and mean from the literature (Tracy & Widom 1996; Bornemann 2010)
+    assert tw1_quantile(0.95) == pytest.approx(0.9793, abs=2e-4)
+    assert tw1_quantile(0.99) == pytest.approx(2.0234, abs=2e-4)
+    assert tw1_quantile(0.90) == pytest.approx(0.4501, abs=2e-4)
+    s = np.linspace(-8, 8, 161)
+    cdf = np.array([tw1_cdf(v) for v in s])
+    assert np.all(np.diff(cdf) >= -1e-12) and cdf[0] < 1e-8 and cdf[-1] > 1 - 1e-8
+    mean = s[-1] - np.trapezoid(cdf, s)  # E[X] = b - int F for X in [a, b]
+    assert mean == pytest.approx(-1.2065, abs=2e-3)
+
+
+@pytest.mark.parametrize("gamma", [0.3, 1.0, 3.0])
+def test_mp_density_mass_and_moments(gamma):
+    s2 = 1.7
+    lo, hi = mp_edges(s2, gamma)
+    def integral(power):
+        return quad(lambda x: x ** power * mp_density(np.array([x]), s2, gamma)[0], lo, hi, limit=200)[0]
+
+    assert integral(0) == pytest.approx(min(1.0, 1.0 / gamma), rel=1e-6)
+    # the atom at 0 contributes nothing to the moments: E = s2, E[l^2] = s2^2 (1 + gamma)
+    assert integral(1) == pytest.approx(s2, rel=1e-6)
+    assert integral(2) == pytest.approx(s2 ** 2 * (1 + gamma), rel=1e-6)
+
+
+def _wishart(dim: int, gamma: float, sigma2: float, seed: int, spike: float = 0.0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    n = int(round(dim / gamma))
+    x = torch.randn(n, dim, dtype=torch.float64, generator=g) * math.sqrt(sigma2)
+    if spike:
+        x[:, 0] *= math.sqrt(1 + spike)  # population covariance sigma2 (I + spike e1 e1^T)
+    return x.T @ x / n
+
+
+def _esm_of(w: torch.Tensor, seed: int, k: int = 8, probes: int = 6, iters: int = 40):
+    g = torch.Generator().manual_seed(seed + 1000)
+    mv = lambda v: w @ v  # noqa: E731
+    vals, vecs, _ = lanczos(mv, w.shape[0], k, max_iter=iters, tol=0.0, dtype=torch.float64, generator=g,
+                            return_vectors=True)
+    q = slq(mv, w.shape[0], n_probes=probes, n_iter=iters, dtype=torch.float64, generator=g, deflate=vecs)
+    return vals.numpy(), esm_metric(vals.numpy(), q.nodes, q.weights, q.dim, quantile=0.99)
+
+
+@pytest.mark.parametrize("gamma", [0.25, 1.0, 4.0])
+def test_mp_fit_edge_within_two_percent(gamma):
+    sigma2 = 0.7
+    _, hi = mp_edges(sigma2, gamma)
+    for seed in range(2):
+        _, res = _esm_of(_wishart(600, gamma, sigma2, seed), seed, probes=10)
+        assert res.fit.lam_plus == pytest.approx(hi, rel=0.02)
+        assert res.fit.sigma2 == pytest.approx(sigma2, rel=0.05)
+        assert res.fit.gamma == pytest.approx(gamma, rel=0.15)
+
+
+def test_mp_fit_ignores_the_outliers():
+    # the scaffold's bug: sigma2 from the top-k Ritz values. Our fit must not move when the top-k grow.
+    rng = np.random.default_rng(0)
+    nodes = np.sort(rng.uniform(0.0, 2.0, (4, 50)), axis=1)
+    weights = np.full((4, 50), 1 / 50)
+    a = fit_mp(nodes, weights, 10_000, top=np.array([50.0, 40.0, 30.0]))
+    b = fit_mp(nodes, weights, 10_000, top=np.array([5000.0, 4000.0, 3000.0]))
+    assert a.lam_plus == pytest.approx(b.lam_plus, rel=1e-12)
+    # the bulk's own largest values re-enter: with the top values inside the bulk the fit equals the plain one
+    c = fit_mp(nodes, weights, 10_000, top=np.array([1.0, 0.5]))
+    assert c.sigma2 == pytest.approx((10_000 - 2) / 10_000 * float(nodes.mean()) + 1.5 / 10_000, rel=1e-9)
+
+
+def test_esm_null_below_threshold_on_pure_wishart():
+    below = []
+    for seed in range(20):
+        gamma = (0.5, 1.0, 2.0)[seed % 3]
+        _, res = _esm_of(_wishart(400, gamma, 1.0, seed), seed, k=6, probes=6, iters=30)
+        below.append(res.esm <= res.threshold)
+    assert np.mean(below) >= 0.95
+
+
+def test_spike_above_bbp_detected_at_predicted_location():
+    gamma, sigma2 = 0.5, 1.0
+    spike = 4 * math.sqrt(gamma)  # BBP: detectable iff spike > sqrt(gamma)
+    predicted = sigma2 * (1 + spike) * (1 + gamma / spike)
+    w = _wishart(800, gamma, sigma2, seed=3, spike=spike)
+    vals, res = _esm_of(w, 3)
+    assert res.n_outliers == 1
+    assert vals[0] == pytest.approx(predicted, rel=0.03)
+    assert vals[0] > res.fit.edge > vals[1]
+    assert res.esm > res.threshold and res.esm == pytest.approx(vals[0] / res.trace_pos, rel=1e-9)
+    # below the transition: no outlier
+    weak = _wishart(800, gamma, sigma2, seed=3, spike=0.3 * math.sqrt(gamma))
+    _, res_weak = _esm_of(weak, 3)
+    assert res_weak.n_outliers == 0 and res_weak.esm == 0.0
+
+
+def test_roc_helper_known_cases():
+    pos = np.array([0, 0, 1, 1], bool)
+    assert roc(np.array([0.1, 0.4, 0.35, 0.8]), pos)[3] == pytest.approx(0.75)
+    assert roc(np.array([0.1, 0.2, 0.3, 0.4]), pos)[3] == 1.0
+    assert roc(np.array([0.4, 0.3, 0.2, 0.1]), pos)[3] == 0.0
+    assert roc(np.array([0.5, 0.5, 0.5, 0.5]), pos)[3] == 0.5
+    assert math.isnan(roc(np.array([0.1, 0.2]), np.array([True, True]))[3])
+    fpr, tpr, _, _ = roc(np.array([0.1, 0.4, 0.35, 0.8]), pos)
+    assert fpr[0] == 0 and tpr[-1] == 1 and fpr[-1] == 1
+    assert threshold_accuracy(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0.3, 0.3, 0.3, 0.3]), pos) == 0.75
+
+
+def test_summary_rows():
+    vals = [{"grid": "g", "dataset": "d", "model": "m", "step": 5, "condition": c, "esm": e, "threshold": 0.5,
+             "top10_share": e} for c, e in [("clean", 0.9), ("clean", 0.8), ("random", 0.3), ("random", 0.6)]]
+    (row,) = summarise_esm(vals)
+    assert row["auc_esm"] == 1.0 and row["threshold_accuracy"] == 0.75
+    assert row["n_clean"] == 2 and row["esm_clean_mean"] == pytest.approx(0.85)

@@ -1,0 +1,268 @@
+"""Random-matrix reading of a Hessian spectrum: Marchenko-Pastur (MP) fit of the bulk, Tracy-Widom
+(TW) margin of its edge, the early-spectral-memorization (ESM) metric, its null threshold, ROC/AUC.
+
+Conventions. The MP law MP(sigma2, gamma) is the limiting spectrum of W = X^T X / N for an N x D
+matrix X of iid entries of variance sigma2, gamma = D / N. For gamma > 1 it has an atom 1 - 1/gamma
+at 0; in all cases its first two moments are E[lambda] = sigma2 and E[lambda^2] = sigma2^2 (1 + gamma),
+and its support edge is lambda_+ = sigma2 (1 + sqrt(gamma))^2.
+
+ESM of one spectrum (see `esm_from_spectrum`):
+    ESM = (sum of the Hessian eigenvalues above the margined MP edge) / tr(H_+),
+where H_+ is the positive part of H (its negative eigenvalues, which the MP model of the
+Gauss-Newton-like component does not describe, are left out of numerator and denominator alike).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from scipy import optimize, special
+
+# ----------------------------------------------------------------------------- MP law
+
+
+def mp_edges(sigma2: float, gamma: float) -> tuple[float, float]:
+    """(lambda_-, lambda_+) of MP(sigma2, gamma)."""
+    r = math.sqrt(gamma)
+    return sigma2 * (1 - r) ** 2, sigma2 * (1 + r) ** 2
+
+
+def mp_density(x: np.ndarray, sigma2: float, gamma: float) -> np.ndarray:
+    """Density of the continuous part of MP(sigma2, gamma) at x (its integral is min(1, 1/gamma))."""
+    x = np.asarray(x, dtype=np.float64)
+    lo, hi = mp_edges(sigma2, gamma)
+    out = np.zeros_like(x)
+    inside = (x > lo) & (x < hi) & (x > 0)
+    xi = x[inside]
+    out[inside] = np.sqrt((hi - xi) * (xi - lo)) / (2 * math.pi * sigma2 * gamma * xi)
+    return out
+
+
+def mp_from_moments(m1: float, m2: float) -> tuple[float, float]:
+    """(sigma2, gamma) of the MP law with first moments m1 = E[lambda], m2 = E[lambda^2]."""
+    if not (m1 > 0 and m2 > 0):
+        raise ValueError(f"MP moments must be positive, got m1={m1}, m2={m2}")
+    return m1, max(m2 / (m1 * m1) - 1.0, 1e-12)
+
+
+# ----------------------------------------------------------------------------- Tracy-Widom (beta = 1)
+def tw1_cdf(s: float, n_nodes: int = 56) -> float:
+    """F_1(s), the GOE Tracy-Widom distribution, as the Fredholm determinant det(I - K) on
+    L^2(s, inf) with K(x, y) = Ai((x + y) / 2) / 2 (Ferrari-Spohn), discretised by Gauss-Legendre
+    quadrature on (s, max(s, 0) + 16) where Ai(16) ~ 1e-19 (Bornemann's method; ~1e-12 for s >= -8)."""
+    t, w = np.polynomial.legendre.leggauss(n_nodes)
+    hi = max(s, 0.0) + 16.0
+    x = s + (t + 1) * (hi - s) / 2
+    w = w * (hi - s) / 2
+    k = 0.5 * special.airy((x[:, None] + x[None, :]) / 2)[0]
+    sw = np.sqrt(w)
+    return float(np.linalg.det(np.eye(n_nodes) - sw[:, None] * k * sw[None, :]))
+
+
+@functools.lru_cache(maxsize=64)
+def tw1_quantile(q: float) -> float:
+    """s with F_1(s) = q (e.g. 0.95 -> 0.979, 0.99 -> 2.023)."""
+    if not 0 < q < 1:
+        raise ValueError("q must be in (0, 1)")
+    return float(optimize.brentq(lambda s: tw1_cdf(s) - q, -8.0, 12.0, xtol=1e-10))
+
+
+def tw_scale(sigma2: float, n_rows: float, dim: float) -> tuple[float, float]:
+    """(centre, scale) of the largest eigenvalue of X^T X / N, X N x D with iid var-sigma2 entries
+    (Johnstone 2001): lambda_max ~ centre + scale * TW1, centre = sigma2 (sqrt(N-1) + sqrt(D))^2 / N,
+    scale = sigma2 (sqrt(N-1) + sqrt(D)) (1/sqrt(N-1) + 1/sqrt(D))^(1/3) / N."""
+    a, b = math.sqrt(max(n_rows - 1, 1.0)), math.sqrt(dim)
+    return sigma2 * (a + b) ** 2 / n_rows, sigma2 * (a + b) * (1 / a + 1 / b) ** (1 / 3) / n_rows
+
+
+# ----------------------------------------------------------------------------- the MP fit
+@dataclass
+class MPFit:
+    """MP fit of a bulk of dimension `dim`: sigma2, gamma (aspect ratio D/N used), n_rows = dim/gamma,
+    lam_minus/lam_plus (MP support), tw_centre/tw_scale (Johnstone), edge_se (standard error of
+    lam_plus over the SLQ probes, jackknife), margin (TW quantile * scale + z_q * edge_se) and
+    edge = lam_plus + margin: the threshold above which an eigenvalue is an outlier."""
+
+    sigma2: float
+    gamma: float
+    n_rows: float
+    dim: int
+    lam_minus: float
+    lam_plus: float
+    tw_centre: float
+    tw_scale: float
+    edge_se: float
+    margin: float
+    edge: float
+    quantile: float
+
+
+def _pos_moments(nodes: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-probe quadrature moments of the positive part: (sum w max(l,0), sum w max(l,0)^2)."""
+    pos = np.clip(nodes, 0.0, None)
+    return (weights * pos).sum(-1), (weights * pos * pos).sum(-1)
+
+
+def _fit_once(m1p: np.ndarray, m2p: np.ndarray, dim: int, quantile: float) -> MPFit:
+    s2, g = mp_from_moments(float(m1p.mean()), float(m2p.mean()))
+    lo, hi = mp_edges(s2, g)
+    p = len(m1p)
+    se = 0.0
+    if p > 1:
+        loo = np.array([mp_edges(*mp_from_moments(float(np.delete(m1p, j).mean()), float(np.delete(m2p, j).mean())))[1]
+                        for j in range(p)])
+        se = float(math.sqrt((p - 1) / p * ((loo - loo.mean()) ** 2).sum()))
+    n_rows = dim / g
+    centre, scale = tw_scale(s2, n_rows, dim)
+    margin = max(centre - hi, 0.0) + tw1_quantile(quantile) * scale + float(special.ndtri(quantile)) * se
+    return MPFit(s2, g, n_rows, int(dim), lo, hi, centre, scale, se, margin, hi + margin, quantile)
+
+
+def fit_mp(nodes: np.ndarray, weights: np.ndarray, dim: int, quantile: float = 0.99,
+           top: np.ndarray | None = None, max_rounds: int = 20) -> MPFit:
+    """Fit MP(sigma2, gamma) to a bulk given by SLQ quadrature (probes, m) of a `dim`-dimensional
+    operator, plus those of the deflated eigenvalues `top` (k,) that turn out not to be outliers.
+
+    Estimator (method of moments on the bulk): sigma2 = E[lambda_+] and gamma = E[lambda_+^2] /
+    E[lambda_+]^2 - 1, where E is the bulk's spectral measure as estimated by the probes' Gauss
+    quadrature and lambda_+ = max(lambda, 0). Why this one:
+      * MP's first two moments fix (sigma2, gamma) exactly, including the atom at 0 that a
+        Hessian (rank <= n(K-1) << D) has, so no aspect ratio has to be guessed from P/n;
+      * for a PSD operator the quadrature moments *are* Hutchinson's unbiased estimators
+        (e1^T T e1 = v^T B v, e1^T T^2 e1 = |B v|^2), and with the top-k Ritz space deflated
+        (`hessian.slq(deflate=...)`) the outliers no longer inflate their variance or the fit;
+      * sigma2 never comes from the top-k Ritz values alone (the public scaffold's bug, which puts
+        lambda_+ far above lambda_max of any real network): deflated eigenvalues re-enter the
+        moments only if they lie below the edge (they are then bulk members: removing the largest
+        bulk eigenvalues would bias lambda_+ low). This is iterated: start with all of `top` in the
+        bulk, fit, move those above the margined edge out, refit, until the set is stable;
+      * negative eigenvalues (the residual term of the Hessian, not MP-distributed) are clipped
+        rather than allowed to cancel positive mass in E[lambda].
+    Margin = TW quantile of lambda_max for N = dim/gamma rows (Johnstone) + the normal quantile
+    times the jackknife standard error of lambda_+ over the probes (estimation noise of the fit)."""
+    nodes, weights = np.atleast_2d(nodes), np.atleast_2d(weights)
+    m1b, m2b = _pos_moments(nodes, weights)
+    top = np.zeros(0) if top is None else np.clip(np.asarray(top, np.float64), 0.0, None)
+    db = dim - len(top)
+    inside = np.ones(len(top), bool)
+    fit = None
+    for _ in range(max_rounds):
+        n_in = int(inside.sum())
+        m1 = (db * m1b + top[inside].sum()) / (db + n_in)
+        m2 = (db * m2b + (top[inside] ** 2).sum()) / (db + n_in)
+        fit = _fit_once(m1, m2, db + n_in, quantile)
+        new = top <= fit.edge
+        if np.array_equal(new, inside):
+            break
+        inside = new
+    assert fit is not None
+    return fit
+
+
+# ----------------------------------------------------------------------------- ESM
+@dataclass
+class ESMResult:
+    """ESM of one spectrum: esm (outlier share of tr H_+), threshold (the null's upper bound for
+    esm), is_structured (esm > threshold), n_outliers (top-k values above the edge), bulk_outlier_mass
+    (quadrature mass of bulk eigenvalues above the edge, in eigenvalue units), trace_pos (tr H_+),
+    trace (tr H), top10_share (sum of the 10 largest / tr H_+), negative_share (|negative mass| /
+    tr H_+), and the MP fit."""
+
+    esm: float
+    threshold: float
+    is_structured: bool
+    n_outliers: int
+    bulk_outlier_mass: float
+    trace_pos: float
+    trace: float
+    top10_share: float
+    negative_share: float
+    fit: MPFit
+
+    def as_row(self) -> dict[str, Any]:
+        row = {k: v for k, v in asdict(self).items() if k != "fit"}
+        row.update({f"mp_{k}": v for k, v in asdict(self.fit).items()})
+        return row
+
+
+def esm_metric(eigenvalues: np.ndarray, bulk_nodes: np.ndarray, bulk_weights: np.ndarray, bulk_dim: int,
+               quantile: float = 0.99) -> ESMResult:
+    """ESM from the top-k eigenvalues (k,) and the deflated bulk's SLQ quadrature (probes, m).
+
+    tr H_+ = sum(max(top-k, 0)) + bulk_dim * E_bulk[max(lambda, 0)]. Outliers: top-k eigenvalues
+    above `fit.edge`, plus the bulk's own quadrature mass above the edge (eigenvalues beyond the k
+    Lanczos ones that still exceed it). Null model: the whole positive spectrum is MP(sigma2, gamma)
+    with the fitted parameters; then with probability >= `quantile` no eigenvalue exceeds the edge
+    and ESM = 0. The threshold is that prediction plus its fluctuation margin: a single null
+    eigenvalue at the margined edge, threshold = edge / tr H_+ (the smallest non-zero ESM the null
+    can show), so ESM > threshold means curvature concentrated beyond what noise explains."""
+    ev = np.sort(np.asarray(eigenvalues, np.float64))[::-1]
+    fit = fit_mp(bulk_nodes, bulk_weights, bulk_dim + len(ev), quantile, top=ev)
+    nodes, weights = np.atleast_2d(bulk_nodes), np.atleast_2d(bulk_weights)
+    m1p, _ = _pos_moments(nodes, weights)
+    bulk_pos = bulk_dim * float(m1p.mean())
+    trace_pos = float(np.clip(ev, 0, None).sum()) + bulk_pos
+    neg = bulk_dim * float((weights * np.clip(nodes, None, 0.0)).sum(-1).mean()) + float(np.clip(ev, None, 0).sum())
+    out = ev[ev > fit.edge]
+    bulk_above = bulk_dim * float((weights * nodes * (nodes > fit.edge)).sum(-1).mean())
+    esm = (float(out.sum()) + bulk_above) / trace_pos if trace_pos > 0 else 0.0
+    threshold = fit.edge / trace_pos if trace_pos > 0 else 0.0
+    return ESMResult(esm=esm, threshold=threshold, is_structured=bool(esm > threshold), n_outliers=int(len(out)),
+                     bulk_outlier_mass=bulk_above, trace_pos=trace_pos, trace=trace_pos + neg,
+                     top10_share=float(np.clip(ev[:10], 0, None).sum()) / trace_pos if trace_pos > 0 else 0.0,
+                     negative_share=-neg / trace_pos if trace_pos > 0 else 0.0, fit=fit)
+
+
+def esm_from_spectrum(s: dict[str, Any], tw_quantile: float = 0.99) -> ESMResult:
+    """`esm_metric` of a spectrum dict / .npz as written by `utils.esm.compute_spectrum`."""
+    return esm_metric(s["eigenvalues"], s["slq_nodes"], s["slq_weights"], int(s["bulk_dim"]), tw_quantile)
+
+
+# ----------------------------------------------------------------------------- ROC / AUC
+def roc(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """(fpr, tpr, thresholds, auc) of `scores` (higher = positive) for boolean labels `positive`
+    (scikit-learn). AUC is nan when one class is missing."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    scores, positive = np.asarray(scores, np.float64), np.asarray(positive, bool)
+    if positive.all() or not positive.any():
+        return np.array([0.0, 1.0]), np.array([0.0, 1.0]), np.array([np.inf, -np.inf]), float("nan")
+    fpr, tpr, thr = roc_curve(positive, scores)
+    return fpr, tpr, thr, float(roc_auc_score(positive, scores))
+
+
+def threshold_accuracy(scores: np.ndarray, thresholds: np.ndarray, positive: np.ndarray) -> float:
+    """Fraction classified right by `score > threshold` (per-item thresholds allowed)."""
+    pred = np.asarray(scores) > np.asarray(thresholds)
+    return float((pred == np.asarray(positive, bool)).mean())
+
+
+def summarise_esm(values: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows per (grid, step): n_clean, n_random, AUC of ESM (clean = positive), AUC of the top-10
+    share, mean/std of ESM per condition, the null threshold (median over runs) and its accuracy."""
+    out = []
+    keys = sorted({(v["grid"], v["step"]) for v in values})
+    for grid, step in keys:
+        rows = [v for v in values if v["grid"] == grid and v["step"] == step]
+        pos = np.array([r["condition"] == "clean" for r in rows])
+        esm = np.array([r["esm"] for r in rows])
+        thr = np.array([r["threshold"] for r in rows])
+        top = np.array([r["top10_share"] for r in rows])
+        out.append({
+            "grid": grid, "dataset": rows[0]["dataset"], "model": rows[0]["model"], "step": int(step),
+            "n_clean": int(pos.sum()), "n_random": int((~pos).sum()),
+            "auc_esm": roc(esm, pos)[3], "auc_top10": roc(top, pos)[3],
+            "esm_clean_mean": float(esm[pos].mean()) if pos.any() else float("nan"),
+            "esm_clean_std": float(esm[pos].std()) if pos.any() else float("nan"),
+            "esm_random_mean": float(esm[~pos].mean()) if (~pos).any() else float("nan"),
+            "esm_random_std": float(esm[~pos].std()) if (~pos).any() else float("nan"),
+            "top10_clean_mean": float(top[pos].mean()) if pos.any() else float("nan"),
+            "top10_random_mean": float(top[~pos].mean()) if (~pos).any() else float("nan"),
+            "threshold_median": float(np.median(thr)),
+            "threshold_accuracy": threshold_accuracy(esm, thr, pos),
+        })
+    return out
