@@ -5,8 +5,8 @@
 
 Reads the run's checkpoints (train it first), scores `--subset` training samples (0 = all; a fixed random
 subset otherwise) at every saved epoch with max(--probes) per-sample seeded probes (the scorer's probes),
-caches the per-probe values under <out>/probe_stride_<run>/ (resumable), and writes
-<out>/probe_stride_<run>.csv and .png. A setting (n, stride) averages groups of n probes (disjoint groups are the replicates:
+caches the per-probe values under <paths.scores>/probe_stride_<name>/ (resumable), and writes
+<out>/probe_stride_<name>.csv and .png. A setting (n, stride) averages groups of n probes (disjoint groups are the replicates:
 10 at n=1, 5 at n=2, ...) over epochs 0, stride, 2*stride, ... (what score.every does).
 Cost is in plain-input-gradient units per sample: fd (n + 1) per scored epoch, exact (1 + 2n) (see bench_curvature.py).
 """
@@ -117,7 +117,8 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
         ax.set_xlabel("probes per scored epoch")
         ax.set_title(f"{title}: {m}")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("mislabel AUROC of mean curvature (mean, min-max over probe groups)")
+    axes[0][0].set_ylabel("mislabel AUROC of mean curvature")
+    fig.text(0.01, 0.005, "points: mean over disjoint probe groups; bars: min-max", fontsize=7, color="gray")
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -134,26 +135,29 @@ def main() -> None:
     p.add_argument("--subset", type=int, default=0)
     p.add_argument("--probes", default="1,2,5,10")
     p.add_argument("--strides", default="1,2,4,8")
-    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--out", default="benchmarks/results", help="where the CSV and PNG go")
+    p.add_argument("--cache", default="", help="per-probe values (default: <paths.scores>/probe_stride_<name>)")
+    p.add_argument("--name", default="", help="name of the outputs (default: the run name)")
     p.add_argument("overrides", nargs="*")
     a = p.parse_args()
     torch.set_num_threads(1)
     cfg = load_config(a.config, a.overrides)
     probes, strides = [int(x) for x in a.probes.split(",")], [int(x) for x in a.strides.split(",")]
     methods = a.methods.split(",")
-    out = Path(a.out)
-    scores, epochs, rec = per_probe_scores(cfg, methods, max(probes), a.subset, out / f"probe_stride_{cfg['run']}")
+    out, name = Path(a.out), a.name or cfg["run"]
+    cache = Path(a.cache) if a.cache else Path(cfg["paths"]["scores"]) / f"probe_stride_{name}"
+    scores, epochs, rec = per_probe_scores(cfg, methods, max(probes), a.subset, cache)
     noisy = rec["is_noisy"]
     rows = table(scores, epochs, noisy, probes, strides)
-    csv_path = out / f"probe_stride_{cfg['run']}.csv"
+    csv_path = out / f"probe_stride_{name}.csv"
     with open(csv_path.with_suffix(".tmp"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
     os.replace(csv_path.with_suffix(".tmp"), csv_path)
     n_s = len(noisy)
-    plot(rows, out / f"probe_stride_{cfg['run']}.png", f"{cfg['run']} ({n_s} samples, {int(noisy.sum())} noisy)")
-    print(f"{cfg['run']}: {n_s} samples ({int(noisy.sum())} noisy), epochs {epochs.min()}..{epochs.max()}")
+    plot(rows, out / f"probe_stride_{name}.png", f"{name} ({n_s} samples, {int(noisy.sum())} noisy)")
+    print(f"{name} (run {cfg['run']}): {n_s} samples ({int(noisy.sum())} noisy), epochs {epochs.min()}..{epochs.max()}")
     print(f"{'method':6s} {'n':>3s} {'stride':>6s} {'epochs':>6s} {'AUROC':>7s} {'min':>7s} {'max':>7s} {'cost':>6s}")
     for r in rows:
         print(f"{r['method']:6s} {r['probes']:3d} {r['stride']:6d} {r['scored_epochs']:6d} {r['auroc_mean']:7.4f} "

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from .checkpoint import list_checkpoints, load_checkpoint, record_to_numpy, run_dir, save_npz, score_dir
@@ -21,7 +22,6 @@ from .curvature import METHODS, input_curvature, sample_probes
 from .data import build_data, shard_range
 from .distributed import Dist, barrier, setup
 from .errors import UserError
-from .evaluate import sharded_map
 from .train import load_model
 
 SPLITS = {"train": ("train",), "test": ("test",), "both": ("train", "test")}
@@ -67,8 +67,48 @@ def select_epochs(ckpts: list[tuple[int, Path]], every: int) -> list[tuple[int, 
     return ckpts[::every]
 
 
+def my_batches(n: int, batch_size: int, dist: Dist) -> range:
+    """This rank's contiguous block of the global batches [k*bs, (k+1)*bs) of a dataset of n samples."""
+    return shard_range(-(-n // batch_size), dist.rank, dist.world)
+
+
+def aligned_map(dataset, fn, dist: Dist, batch_size: int, keys: tuple[str, ...], num_workers: int = 0
+                ) -> dict[str, torch.Tensor]:
+    """Like utils.evaluate.sharded_map, but ranks split the dataset at batch boundaries, so every sample is
+    computed in the same batch (same companions, same kernels) whatever the number of ranks: sharded and
+    single-process scores are bit-identical. `fn` returns float32 (B,) tensors under `keys`; returns the (N,)
+    CPU tensors on every rank (a rank without batches still joins the gather)."""
+    n = len(dataset)
+    start, stop = _rows_of(dist.rank, n, batch_size, dist.world)
+    loader = DataLoader(Subset(dataset, list(range(start, stop))), batch_size=batch_size, shuffle=False,
+                        num_workers=num_workers, pin_memory=dist.device.type == "cuda")
+    parts: dict[str, list[torch.Tensor]] = {}
+    for idx, x, y in loader:
+        out = fn(idx.to(dist.device), x.to(dist.device, non_blocking=True), y.to(dist.device, non_blocking=True))
+        for k, v in out.items():
+            parts.setdefault(k, []).append(v.detach())
+    result = {}
+    for k in keys:
+        v = parts.get(k, [])
+        local = torch.cat(v) if v else torch.empty(0, dtype=torch.float32, device=dist.device)
+        if dist.world > 1:
+            lengths = [b - a for a, b in (_rows_of(r, n, batch_size, dist.world) for r in range(dist.world))]
+            pad = torch.zeros((max(lengths), *local.shape[1:]), dtype=local.dtype, device=local.device)
+            pad[: len(local)] = local
+            gathered = [torch.empty_like(pad) for _ in range(dist.world)]
+            torch.distributed.all_gather(gathered, pad)
+            local = torch.cat([g[:m] for g, m in zip(gathered, lengths)])
+        result[k] = local.cpu()
+    return result
+
+
+def _rows_of(rank: int, n: int, batch_size: int, world: int) -> tuple[int, int]:
+    b = shard_range(-(-n // batch_size), rank, world)
+    return b.start * batch_size, min(b.stop * batch_size, n)
+
+
 def score_checkpoint(model: torch.nn.Module, datasets: dict[str, Any], sc: dict[str, Any], epoch: int, dist: Dist,
-                     bar: tqdm | None = None) -> dict[str, np.ndarray]:
+                     bar: tqdm | None = None, num_workers: int = 0) -> dict[str, np.ndarray]:
     """Curvature/trace/hv_norm (N,) of every sample of each dataset in `datasets` ({split: dataset})."""
     out: dict[str, np.ndarray] = {}
     for split, ds in datasets.items():
@@ -80,7 +120,7 @@ def score_checkpoint(model: torch.nn.Module, datasets: dict[str, Any], sc: dict[
                 bar.update(1)
             return r
 
-        res = sharded_map(ds, fn, dist, sc["batch_size"], progress=False)
+        res = aligned_map(ds, fn, dist, sc["batch_size"], ("curvature", "trace", "hv_norm"), num_workers)
         prefix = "" if split == "train" else "test_"
         for k in ("curvature", "trace", "hv_norm"):
             out[prefix + k] = res[k].numpy().astype(np.float32)
@@ -93,7 +133,7 @@ def aggregate(sdir: Path, epochs: list[int], record_arrays: dict[str, np.ndarray
     per: dict[str, list[np.ndarray]] = {}
     for e in epochs:
         with np.load(epoch_path(sdir, e), allow_pickle=False) as z:
-            for k in ("curvature", "trace", "test_curvature", "test_trace"):
+            for k in ("curvature", "trace", "hv_norm", "test_curvature", "test_trace", "test_hv_norm"):
                 if k in z:
                     per.setdefault(k, []).append(z[k])
     arrays: dict[str, Any] = {**record_arrays, "epochs": np.asarray(epochs, np.int64), "every": np.array(every),
@@ -102,7 +142,8 @@ def aggregate(sdir: Path, epochs: list[int], record_arrays: dict[str, np.ndarray
         if prefix + "curvature" in per:
             pe, pt = np.stack(per[prefix + "curvature"]), np.stack(per[prefix + "trace"])
             arrays.update({prefix + "per_epoch": pe, prefix + "per_epoch_trace": pt,
-                           prefix + "curvature": pe.mean(0), prefix + "trace": pt.mean(0)})
+                           prefix + "curvature": pe.mean(0), prefix + "trace": pt.mean(0),
+                           prefix + "hv_norm": np.stack(per[prefix + "hv_norm"]).mean(0)})
     if test is not None:
         arrays.update(test)
     save_npz(Path(sdir) / "curvature.npz", **arrays)
@@ -151,16 +192,25 @@ def score_run(cfg: dict[str, Any]) -> Path:
     test_meta = None
     if "test" in datasets:
         test_meta = {"test_index": np.arange(len(data.test)), "test_label": np.asarray(data.test.given_labels)}
-    per_ckpt = sum(-(-len(shard_range(len(ds), dist.rank, dist.world)) // sc["batch_size"]) for ds in datasets.values())
+    per_ckpt = sum(len(my_batches(len(ds), sc["batch_size"], dist)) for ds in datasets.values())
     bar = tqdm(total=len(todo) * per_ckpt, desc=f"score {cfg['run']}", disable=not dist.is_main, dynamic_ncols=True)
     for e, path in todo:
         model = load_model(load_checkpoint(path, map_location=dist.device), dist.device)
-        arrays = score_checkpoint(model, datasets, sc, e, dist, bar)
+        arrays = score_checkpoint(model, datasets, sc, e, dist, bar, cfg["data"]["num_workers"])
         if dist.is_main:
             save_npz(epoch_path(sdir, e), epoch=np.array(e), **arrays, **record,
                      **{k: np.array(v) for k, v in settings.items()}, **(test_meta or {}))
         barrier()
     bar.close()
+    if sc["spectrum"]:  # parameter-Hessian spectrum of each scored checkpoint (utils/esm.py, `spectrum.*` keys)
+        from .esm import write_spectrum
+
+        for e, path in chosen:
+            f = Path(sdir) / f"spectrum_epoch_{e:03d}.npz"
+            if not f.is_file():
+                model = load_model(load_checkpoint(path, map_location=dist.device), dist.device)
+                write_spectrum(cfg, model, data.train_eval, f, dist, epoch=e)
+            barrier()
     out = Path(sdir) / "curvature.npz"
     if dist.is_main:
         res = aggregate(sdir, [e for e, _ in chosen], record, settings, sc["every"], test_meta)

@@ -1,0 +1,109 @@
+"""Scoring a run's checkpoints: file format, resume, torchrun sharding, and the digits mislabel AUROC."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from utils.checkpoint import list_checkpoints, run_dir, score_dir
+from utils.config import load_config
+from utils.errors import UserError
+from utils.scoring import auroc, score_run
+from utils.train import train
+
+from .conftest import ROOT, run_script, tiny_cfg
+
+KEYS = ("index", "curvature", "trace", "per_epoch", "epochs", "given_label", "true_label", "is_noisy", "is_duplicate",
+        "duplicate_of", "dataset", "noise_kind", "noise_rate", "noise_seed", "method", "n_probes", "h", "seed")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _load(path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """300 digits images, 3 epochs (checkpoints 0..3), 10 % noise."""
+    tmp = tmp_path_factory.mktemp("tiny")
+    cfg = tiny_cfg(tmp, "score.n_probes=3")
+    train(cfg)
+    return tmp, cfg
+
+
+def test_digits_default_run_flags_noisy_labels(tmp_path):
+    """The default configs/digits.yaml run (10 % symmetric noise), its first 30 of 60 epochs (the constant-lr
+    schedule makes them identical to the full run's), scored at the default settings (README: 0.966 at 30, 0.967 at 60)."""
+    cfg = load_config(ROOT / "configs/digits.yaml", [f"paths.pretrained={tmp_path}/p", f"paths.scores={tmp_path}/s",
+                                                     f"paths.logs={tmp_path}/l", "run=demo", "train.stats=false",
+                                                     "train.epochs=30"])
+    assert cfg["train"]["milestones"] == []
+    train(cfg)
+    out = score_run(cfg)
+    z = _load(out)
+    assert set(KEYS) <= set(z)
+    n = len(z["index"])
+    assert z["per_epoch"].shape == (len(z["epochs"]), n) and n == 1347 and z["is_noisy"].sum() == 135
+    np.testing.assert_allclose(z["curvature"], z["per_epoch"].mean(0), rtol=1e-6)
+    assert list(z["epochs"]) == list(range(0, 31, cfg["score"]["every"]))
+    a = auroc(z["curvature"], z["is_noisy"])
+    assert a >= 0.95, a
+
+
+def test_resume_skips_scored_epochs_and_rejects_other_settings(tiny_run):
+    tmp, cfg = tiny_run
+    cfg = {**cfg, "paths": {**cfg["paths"], "scores": str(tmp / "resume")}}
+    out = score_run(cfg)
+    first = _load(out)
+    assert list(first["epochs"]) == [0, 1, 2, 3]
+    sdir = score_dir(cfg)
+    stamps = {p.name: p.stat().st_mtime_ns for p in sdir.glob("epoch_*.npz")}
+    (sdir / "epoch_002.npz").unlink()
+    score_run(cfg)
+    again = _load(out)
+    for k in first:
+        np.testing.assert_array_equal(first[k], again[k])
+    for name, t in stamps.items():
+        if name != "epoch_002.npz":
+            assert (sdir / name).stat().st_mtime_ns == t  # not rescored
+    assert not list(sdir.glob(".*tmp"))  # no partial files left behind
+    other = {**cfg, "score": {**cfg["score"], "n_probes": 4}}
+    with pytest.raises(UserError, match="other settings"):
+        score_run(other)
+    every2 = {**cfg, "score": {**cfg["score"], "every": 2}}
+    z = _load(score_run(every2))
+    assert list(z["epochs"]) == [0, 2]
+    np.testing.assert_array_equal(z["per_epoch"], first["per_epoch"][[0, 2]])
+
+
+def test_missing_run_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="no checkpoints"):
+        score_run(tiny_cfg(tmp_path, "run=nothing_here"))
+
+
+def test_two_rank_torchrun_gives_identical_files(tiny_run):
+    tmp, cfg = tiny_run
+    assert len(list_checkpoints(run_dir(cfg))) == 4
+    args = [f"paths.pretrained={tmp}/pretrained", "data.subset=300", "train.epochs=3", "train.batch_size=32", "run=tiny",
+            "score.n_probes=3", "score.split=both", "score.batch_size=64"]
+    score_run(load_config(ROOT / "configs/digits.yaml", [*args, f"paths.scores={tmp}/one"]))  # one process
+    two = run_script("score_digits_checkpoint.py", *args, f"paths.scores={tmp}/two", nproc=2)
+    assert two.returncode == 0, two.stderr[-2000:]
+    a, b = _load(tmp / "one/tiny/curvature.npz"), _load(tmp / "two/tiny/curvature.npz")
+    assert set(a) == set(b) and {"test_curvature", "test_per_epoch", "test_label", "hv_norm"} <= set(a)
+    assert a["test_per_epoch"].shape == (4, 450)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    for e in range(4):
+        ea, eb = _load(tmp / f"one/tiny/epoch_{e:03d}.npz"), _load(tmp / f"two/tiny/epoch_{e:03d}.npz")
+        for k in ea:
+            np.testing.assert_array_equal(ea[k], eb[k], err_msg=f"epoch {e} {k}")
