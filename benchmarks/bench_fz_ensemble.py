@@ -51,8 +51,8 @@ def main() -> None:
     t0 = time.perf_counter()
     train_ensemble(x, y, masks, spec, 10, progress=False)
     t_batched = time.perf_counter() - t0
-    print(f"{m} MLPs 64-{width}-{width}-10 x {epochs} epochs on digits (70 % subsets): one by one {t_loop:.2f} s, batched {t_batched:.2f} s, "
-          f"speed-up {t_loop / t_batched:.2f}x")
+    print(f"{m} MLPs 64-{width}-{width}-10 x {epochs} epochs on digits (70 % subsets): one by one {t_loop:.2f} s, "
+          f"batched {t_batched:.2f} s, speed-up {t_loop / t_batched:.2f}x")
 
 
 if __name__ == "__main__":

@@ -53,6 +53,8 @@ def test_reduced_digits_grid_separates_clean_from_random(grid):
     assert by_step[500]["n_clean"] == 3 and by_step[500]["n_random"] == 3
     assert by_step[500]["auc_esm"] >= 0.9
     assert by_step[500]["esm_clean_mean"] > by_step[500]["esm_random_mean"]
+    # the single balance threshold ESM = 1/2 classifies every run (clean ~0.71, random ~0.37 here)
+    assert by_step[500]["balance_accuracy"] == 1.0
     for name in ("summary.csv", "esm_values.csv", "spectra_step00500.png", "esm_vs_step.png", "roc.png"):
         assert (root / name).stat().st_size > 0
     with open(root / "summary.csv") as f:

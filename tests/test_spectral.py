@@ -135,4 +135,5 @@ def test_summary_rows():
              "top10_share": e} for c, e in [("clean", 0.9), ("clean", 0.8), ("random", 0.3), ("random", 0.6)]]
     (row,) = summarise_esm(vals)
     assert row["auc_esm"] == 1.0 and row["threshold_accuracy"] == 0.75
+    assert row["balance_threshold"] == 0.5 and row["balance_accuracy"] == 0.75  # 0.6 (random) is above 1/2
     assert row["n_clean"] == 2 and row["esm_clean_mean"] == pytest.approx(0.85)

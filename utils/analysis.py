@@ -92,6 +92,22 @@ def robust_curvature(per_epoch: np.ndarray) -> dict[str, np.ndarray]:
             "curvature (median over epochs)": np.median(pe, axis=0)}
 
 
+OFFICIAL = "curvature, official form (mean ||Hv|| over probes and epochs)"
+TRACE = "input-Hessian trace (mean over epochs)"
+
+
+def curvature_scores(sc: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every per-sample curvature score of a curvature.npz (N,) float64: the mean of tr(H^2) estimates over epochs
+    (the paper's definition), its spike-robust aggregates, the official code's form (mean unsquared ||Hv||, the
+    quantity behind the paper's published numbers up to the factor h/B) and the mean tr H, where present."""
+    out = {MAIN: sc["curvature"].astype(np.float64), **robust_curvature(sc["per_epoch"])}
+    if "hv_norm" in sc:
+        out[OFFICIAL] = sc["hv_norm"].astype(np.float64)
+    if "trace" in sc:
+        out[TRACE] = sc["trace"].astype(np.float64)
+    return out
+
+
 def confident_learning(labels: np.ndarray, probs: np.ndarray) -> dict[str, np.ndarray]:
     """cleanlab on (N,) labels and (N, K) out-of-sample probabilities: 'score' = 1 - self-confidence
     label quality (N,), 'flagged' = find_label_issues (N,) bool."""
@@ -274,9 +290,7 @@ def analyze(cfg: dict[str, Any], progress: bool = True, figures: bool = True) ->
 
     ep = scores["epochs"]
     per_epoch = scores["per_epoch"].astype(np.float64)
-    main_scores = {MAIN: scores["curvature"].astype(np.float64), **robust_curvature(per_epoch)}
-    if "trace" in scores:
-        main_scores["input-Hessian trace (mean over epochs)"] = scores["trace"].astype(np.float64)
+    main_scores = curvature_scores(scores)
     main_scores.update(baseline_scores(stats, cols))
     probs, cl_source = cl_probabilities(rcfg, bundle, stats, progress)
     cl = confident_learning(scores["given_label"], probs[scores["index"]])

@@ -65,7 +65,8 @@ DEFAULTS: dict[str, Any] = {
         "eval_batch_size": 512,
         "checkpoint_every": 1,  # save every k-th epoch (epoch 0 and the last are always saved)
     },
-    "analysis": {  # analyze_curvature.py / find_duplicates.py / fz_memorization.py (utils/analysis.py, duplicates.py, memorization.py)
+    # analyze_curvature.py / find_duplicates.py / fz_memorization.py (utils/analysis.py, duplicates.py, memorization.py)
+    "analysis": {
         "top_k": 32,  # images in the top-curvature grid
         "cl_probs": "auto",  # Confident Learning probabilities: auto (cv on digits, best otherwise) | cv | best
         "cv_folds": 5,  # folds of the out-of-sample probabilities

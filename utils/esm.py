@@ -235,7 +235,7 @@ def main_analyse(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     """analyse_esm.py: analyse everything under <paths.scores>/esm/ and print the summary table."""
     summary = analyse(cfg)
     cols = ["grid", "step", "n_clean", "n_random", "auc_esm", "auc_top10", "esm_clean_mean", "esm_random_mean",
-            "threshold_median", "threshold_accuracy"]
+            "threshold_median", "threshold_accuracy", "balance_accuracy"]
     print(" ".join(f"{c:>18}" for c in cols))
     for r in summary:
         print(" ".join(f"{r[c]:>18.4g}" if isinstance(r[c], float) else f"{r[c]!s:>18}" for c in cols))
@@ -332,7 +332,9 @@ def figure_esm_vs_step(values: list[dict[str, Any]], key: str = "esm"):
             ax.plot([r["step"] for r in rows], [r[key] for r in rows], "o-", color=c, alpha=0.7, ms=3)
         if key == "esm":
             thr = np.median([v["threshold"] for v in values if v["grid"] == grid])
-            ax.axhline(thr, color="k", ls="--", lw=1, label=f"null threshold (median {thr:.3g})")
+            ax.axhline(thr, color="k", ls="--", lw=1, label=f"MP null threshold (median {thr:.3g})")
+            ax.axhline(spectral.BALANCE_THRESHOLD, color="k", ls="-", lw=1,
+                       label=f"balance threshold {spectral.BALANCE_THRESHOLD:g}")
         ax.plot([], [], "o-", color="C0", label="clean")
         ax.plot([], [], "o-", color="C3", label="random labels")
         ax.set_xscale("log")

@@ -226,8 +226,8 @@ def run_fz(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
     from .analysis import (
         SCORE_FILE,
         baseline_scores,
+        curvature_scores,
         load_npz,
-        robust_curvature,
         run_config,
         stats_columns,
         train_matrix,
@@ -268,9 +268,7 @@ def run_fz(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
     if score_path.is_file():
         sc = load_npz(score_path)
         mem = res["mem"][sc["index"]]
-        cands = {"curvature (mean over epochs)": sc["curvature"], **robust_curvature(sc["per_epoch"])}
-        if "trace" in sc:
-            cands["input-Hessian trace (mean over epochs)"] = sc["trace"]
+        cands = curvature_scores(sc)
         stats_path = run_dir(cfg) / "train_stats.npz"
         if stats_path.is_file():
             stats = load_npz(stats_path)

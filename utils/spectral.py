@@ -10,6 +10,10 @@ ESM of one spectrum (see `esm_from_spectrum`):
     ESM = (sum of the Hessian eigenvalues above the margined MP edge) / tr(H_+),
 where H_+ is the positive part of H (its negative eigenvalues, which the MP model of the
 Gauss-Newton-like component does not describe, are left out of numerator and denominator alike).
+
+Two thresholds are reported. The MP null threshold (`ESMResult.threshold`) says whether a spectrum has
+*any* structure beyond noise; every trained network has, so it cannot tell memorization apart. The
+balance threshold `BALANCE_THRESHOLD` = 1/2 is the one that classifies runs (see its comment).
 """
 
 from __future__ import annotations
@@ -164,6 +168,14 @@ def fit_mp(nodes: np.ndarray, weights: np.ndarray, dim: int, quantile: float = 0
 
 
 # ----------------------------------------------------------------------------- ESM
+# The balance threshold. Write the per-sample loss gradients of the Gauss-Newton part of H as a class
+# mean plus a per-sample deviation (Papyan 2020): by the law of total variance tr H = tr H_between +
+# tr H_within exactly, H_between has rank <= K^2 (K classes) and large eigenvalues (the outliers above the
+# MP edge), H_within is high-rank and small (the bulk). So ESM ~ R / (1 + R), R = tr H_between / tr H_within
+# the Fisher ratio of the class structure in gradient space. A network that fits by shared class structure has
+# R > 1; one that fits sample by sample (memorization, random labels) has R < 1. The boundary R = 1, i.e.
+# ESM = 1/2, is fixed by the decomposition alone: no parameter is fitted to clean or random runs.
+BALANCE_THRESHOLD = 0.5
 @dataclass
 class ESMResult:
     """ESM of one spectrum: esm (outlier share of tr H_+), threshold (the null's upper bound for
@@ -243,7 +255,8 @@ def threshold_accuracy(scores: np.ndarray, thresholds: np.ndarray, positive: np.
 
 def summarise_esm(values: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Rows per (grid, step): n_clean, n_random, AUC of ESM (clean = positive), AUC of the top-10
-    share, mean/std of ESM per condition, the null threshold (median over runs) and its accuracy."""
+    share, mean/std of ESM per condition, the MP null threshold (median over runs) and its accuracy, and
+    the accuracy of the balance rule `ESM > BALANCE_THRESHOLD` => clean."""
     out = []
     keys = sorted({(v["grid"], v["step"]) for v in values})
     for grid, step in keys:
@@ -264,5 +277,7 @@ def summarise_esm(values: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "top10_random_mean": float(top[~pos].mean()) if (~pos).any() else float("nan"),
             "threshold_median": float(np.median(thr)),
             "threshold_accuracy": threshold_accuracy(esm, thr, pos),
+            "balance_threshold": BALANCE_THRESHOLD,
+            "balance_accuracy": threshold_accuracy(esm, np.full(len(esm), BALANCE_THRESHOLD), pos),
         })
     return out
