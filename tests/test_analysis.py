@@ -38,7 +38,7 @@ def make_run(tmp, *overrides: str) -> dict:
 
 
 def write_scores(cfg: dict, curvature: np.ndarray, per_epoch: np.ndarray | None = None,
-                 epochs: np.ndarray | None = None) -> dict:
+                 epochs: np.ndarray | None = None, hv_norm: np.ndarray | None = None) -> dict:
     """A curvature.npz in the scoring stage's format, with the run's record and the given scores."""
     from utils.analysis import load_npz
     from utils.checkpoint import run_dir
@@ -50,6 +50,8 @@ def write_scores(cfg: dict, curvature: np.ndarray, per_epoch: np.ndarray | None 
     arrays = {k: stats[k] for k in RECORD_KEYS}
     arrays.update(curvature=np.asarray(curvature, np.float32), trace=np.asarray(curvature, np.float32) * 2,
                   per_epoch=np.asarray(per_epoch, np.float32), epochs=np.asarray(epochs, np.int64))
+    if hv_norm is not None:
+        arrays["hv_norm"] = np.asarray(hv_norm, np.float32)
     save_npz(score_dir(cfg) / "curvature.npz", **arrays)
     return arrays
 
@@ -146,7 +148,7 @@ def test_analyze_tiny_run_known_aurocs(noisy_run):
     assert 0 < noisy.sum() < len(noisy)
     curv = noisy + 0.01 * np.random.default_rng(0).random(len(noisy))  # a perfect ranking
     per_epoch = np.stack([1.0 - noisy, noisy.astype(float), np.ones(len(noisy))])  # reversed, perfect, tied
-    write_scores(cfg, curv, per_epoch, np.array([0, 1, 3]))
+    write_scores(cfg, curv, per_epoch, np.array([0, 1, 3]), hv_norm=1.0 - noisy)  # official form: reversed
     res = analyze(cfg, progress=False)
     out = res["out_dir"]
     rows = {r["score"]: r for r in read_csv(out / "auroc.csv") if r["target"].startswith("mislabeled")}
@@ -156,6 +158,7 @@ def test_analyze_tiny_run_known_aurocs(noisy_run):
     assert float(rows["curvature @ epoch 1"]["auroc"]) == 1.0
     assert float(rows["curvature @ epoch 3"]["auroc"]) == 0.5
     assert rows["curvature @ epoch 3"]["epoch"] == "3"
+    assert float(rows["curvature (official form: mean ||Hv|| over probes and epochs)"]["auroc"]) == 0.0
     # the baselines in the table are exactly sklearn on train_stats
     b = baseline_scores(rec)
     for name in ("cumulative sample loss", "learning time", "loss (final epoch)"):

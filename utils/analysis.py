@@ -92,7 +92,7 @@ def robust_curvature(per_epoch: np.ndarray) -> dict[str, np.ndarray]:
             "curvature (median over epochs)": np.median(pe, axis=0)}
 
 
-OFFICIAL = "curvature, official form (mean ||Hv|| over probes and epochs)"
+OFFICIAL = "curvature (official form: mean ||Hv|| over probes and epochs)"
 TRACE = "input-Hessian trace (mean over epochs)"
 
 
