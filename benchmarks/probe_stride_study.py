@@ -95,7 +95,7 @@ def table(scores: dict, epochs: np.ndarray, noisy: np.ndarray, probes: list[int]
                 rows.append({"method": m, "probes": n, "stride": s, "scored_epochs": len(sel), "replicates": len(reps),
                              "auroc_mean": float(np.mean(reps)), "auroc_min": float(np.min(reps)),
                              "auroc_max": float(np.max(reps)),
-                             "grad_units_per_sample": len(sel) * UNITS[m.partition("@")[0]](n)})
+                             "grad_units_per_sample": len(sel) * UNITS[parse_method(m, 0.0)[0]](n)})
     first = next(iter(scores))
     ref = next(r for r in rows if r["method"] == first and r["probes"] == max(probes) and r["stride"] == 1)
     for r in rows:

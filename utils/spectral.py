@@ -176,6 +176,8 @@ def fit_mp(nodes: np.ndarray, weights: np.ndarray, dim: int, quantile: float = 0
 # R > 1; one that fits sample by sample (memorization, random labels) has R < 1. The boundary R = 1, i.e.
 # ESM = 1/2, is fixed by the decomposition alone: no parameter is fitted to clean or random runs.
 BALANCE_THRESHOLD = 0.5
+
+
 @dataclass
 class ESMResult:
     """ESM of one spectrum: esm (outlier share of tr H_+), threshold (the null's upper bound for
@@ -247,8 +249,8 @@ def roc(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return fpr, tpr, thr, float(roc_auc_score(positive, scores))
 
 
-def threshold_accuracy(scores: np.ndarray, thresholds: np.ndarray, positive: np.ndarray) -> float:
-    """Fraction classified right by `score > threshold` (per-item thresholds allowed)."""
+def threshold_accuracy(scores: np.ndarray, thresholds: np.ndarray | float, positive: np.ndarray) -> float:
+    """Fraction classified right by `score > threshold` (one threshold, or one per item)."""
     pred = np.asarray(scores) > np.asarray(thresholds)
     return float((pred == np.asarray(positive, bool)).mean())
 
@@ -278,6 +280,6 @@ def summarise_esm(values: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "threshold_median": float(np.median(thr)),
             "threshold_accuracy": threshold_accuracy(esm, thr, pos),
             "balance_threshold": BALANCE_THRESHOLD,
-            "balance_accuracy": threshold_accuracy(esm, np.full(len(esm), BALANCE_THRESHOLD), pos),
+            "balance_accuracy": threshold_accuracy(esm, BALANCE_THRESHOLD, pos),
         })
     return out
