@@ -1,10 +1,11 @@
-"""ESM metric, null threshold and AUC of every captured spectrum under <paths.scores>/esm/:
-writes summary.csv, esm_values.csv and figures there and prints the summary.
+"""ESM metric, null threshold and AUC of every captured spectrum under <paths.scores>/esm/ (every grid):
+writes summary.csv/.md, esm_values.csv and figures there, prints the AUC of ESM and the threshold
+accuracies per (grid, step) and the paths written.
 
 python analyse_esm.py [--config configs/esm/digits_mlp.yaml] [section.key=value ...]"""
 
 from utils.cli import run_script
-from utils.esm import main_analyse
+from utils.spectral.esm import main_analyse
 
 if __name__ == "__main__":
     run_script(main_analyse, "configs/esm/digits_mlp.yaml", __doc__)

@@ -1,7 +1,7 @@
 """AUROC/AUPRC of curvature vs baselines + figures: python analyze_curvature.py run=NAME [section.key=value ...]"""
 
-from utils.analysis import main
 from utils.cli import run_script
+from utils.curvature.analysis import main
 
 if __name__ == "__main__":
     run_script(main, "configs/digits.yaml", __doc__)

@@ -1,10 +1,12 @@
 """Early spectral memorization grid: train every (label condition, seed) of `esm` and capture the
-Hessian spectrum at `esm.steps` into <paths.scores>/esm/<run>/step_XXXXX.npz.
+Hessian spectrum at `esm.steps` into <paths.scores>/esm/<grid>/<condition>_s<seed>/step_XXXXX.npz, where
+<grid> = <data set>_<model>[_w<width>][_<esm.name>]. Ends with the AUC of ESM and the threshold accuracies
+per step, and the paths written.
 
 python esm_experiment.py [--config configs/esm/digits_mlp.yaml] [section.key=value ...]"""
 
 from utils.cli import run_script
-from utils.esm import run_grid
+from utils.spectral.esm import main_grid
 
 if __name__ == "__main__":
-    run_script(run_grid, "configs/esm/digits_mlp.yaml", __doc__)
+    run_script(main_grid, "configs/esm/digits_mlp.yaml", __doc__)

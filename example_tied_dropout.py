@@ -4,7 +4,7 @@ python example_tied_dropout.py [--config F] [section.key=value ...]
 """
 
 from utils.cli import run_script
-from utils.localization import run_example_tied_dropout
+from utils.localization.methods import run_example_tied_dropout
 
 if __name__ == "__main__":
     run_script(run_example_tied_dropout, "configs/localization/digits_etd.yaml", __doc__)

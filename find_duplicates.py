@@ -1,7 +1,7 @@
 """Conflicting near-duplicates among the top-curvature samples: python find_duplicates.py run=NAME [section.key=value ...]"""
 
 from utils.cli import run_script
-from utils.duplicates import main
+from utils.curvature.duplicates import main
 
 if __name__ == "__main__":
     run_script(main, "configs/digits.yaml", __doc__)

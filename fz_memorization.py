@@ -1,7 +1,7 @@
 """Feldman–Zhang memorization (M models on random subsets): python fz_memorization.py run=NAME [analysis.fz_models=200 ...]"""
 
 from utils.cli import run_script
-from utils.memorization import main
+from utils.curvature.memorization import main
 
 if __name__ == "__main__":
     run_script(main, "configs/digits.yaml", __doc__)

@@ -4,7 +4,7 @@ python gradient_accounting.py [--config F] [section.key=value ...]
 """
 
 from utils.cli import run_script
-from utils.gradient_accounting import run_gradient_accounting
+from utils.localization.accounting import run_gradient_accounting
 
 if __name__ == "__main__":
     run_script(run_gradient_accounting, "configs/localization/digits.yaml", __doc__)

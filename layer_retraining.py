@@ -4,7 +4,7 @@ python layer_retraining.py [--config F] [section.key=value ...]
 """
 
 from utils.cli import run_script
-from utils.localization import run_layer_retraining
+from utils.localization.methods import run_layer_retraining
 
 if __name__ == "__main__":
     run_script(run_layer_retraining, "configs/localization/digits.yaml", __doc__)

@@ -2,7 +2,7 @@
 python score_cifar100_checkpoint.py [--config F] [section.key=value ...]  (score.* keys; torchrun for several GPUs)"""
 
 from utils.cli import run_script
-from utils.scoring import main
+from utils.curvature.scoring import main
 
 if __name__ == "__main__":
     run_script(main, "configs/cifar100.yaml", __doc__)

@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils.config import DEFAULTS  # noqa: E402
-from utils.curvature import _input_grad, frozen, input_curvature, official_curvature, rademacher  # noqa: E402
+from utils.curvature.estimator import _input_grad, frozen, input_curvature, official_curvature, rademacher  # noqa: E402
 from utils.models import build_model  # noqa: E402
 
 

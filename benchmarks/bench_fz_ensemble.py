@@ -15,10 +15,10 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.analysis import train_matrix  # noqa: E402
 from utils.config import load_config  # noqa: E402
+from utils.curvature.ensemble import MLPSpec, train_ensemble, train_matrix  # noqa: E402
+from utils.curvature.memorization import subset_masks  # noqa: E402
 from utils.data import build_data  # noqa: E402
-from utils.memorization import MLPSpec, subset_masks, train_ensemble  # noqa: E402
 
 
 def one_by_one(x: torch.Tensor, y: torch.Tensor, masks: torch.Tensor, spec: MLPSpec, k: int) -> None:

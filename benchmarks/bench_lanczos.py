@@ -1,5 +1,5 @@
 """Top-20 Hessian eigenvalues of one model and one fixed 512-sample batch by three methods on the same
-loss, timed side by side: this toolkit's Lanczos (utils.hessian.lanczos), PyHessian's power iteration
+loss, timed side by side: this toolkit's Lanczos (utils.spectral.hessian.lanczos), PyHessian's power iteration
 with deflation (`pip install pyhessian`; not a project dependency), and scipy's eigsh (ARPACK) on our
 HVP. Reference eigenvalues: eigsh at tol 1e-10 on a float64 copy. Prints HVP counts, seconds, the
 max relative error of the top-20 against the reference, and time/HVP ratios against PyHessian.
@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils.config import load_config  # noqa: E402
 from utils.data import build_data  # noqa: E402
-from utils.esm import sample_indices  # noqa: E402
-from utils.hessian import HessianOperator, lanczos  # noqa: E402
 from utils.models import build_model  # noqa: E402
+from utils.spectral.esm import sample_indices  # noqa: E402
+from utils.spectral.hessian import HessianOperator, lanczos  # noqa: E402
 
 
 def trained_model(name: str, steps: int, device: str):

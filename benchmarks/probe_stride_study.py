@@ -26,13 +26,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.checkpoint import list_checkpoints, load_checkpoint, run_dir, save_npz  # noqa: E402
 from utils.config import load_config  # noqa: E402
-from utils.curvature import per_probe_curvature, sample_probes  # noqa: E402
-from utils.data import build_data  # noqa: E402
+from utils.curvature.estimator import per_probe_curvature, sample_probes  # noqa: E402
 from utils.errors import UserError  # noqa: E402
-from utils.scoring import auroc  # noqa: E402
-from utils.train import load_model  # noqa: E402
+from utils.io import save_npz  # noqa: E402
+from utils.metrics import auroc  # noqa: E402
+from utils.runs import open_run  # noqa: E402
 
 UNITS = {"fd": lambda n: n + 1.0, "exact": lambda n: 1.0 + 2.0 * n}
 
@@ -47,16 +46,14 @@ def parse_method(spec: str, default_h: float) -> tuple[str, float]:
 
 def per_probe_scores(cfg: dict, methods: list[str], n_max: int, subset: int, cache: Path) -> tuple[dict, np.ndarray, dict]:
     """{method: (E, n_max, P) ||Hv||^2}, epochs (E,), and the subset's record arrays."""
-    ckpts = list_checkpoints(run_dir(cfg))
-    if not ckpts:
-        raise UserError(f"no checkpoints in {run_dir(cfg)}; train the run first")
-    data = build_data(cfg)
+    run = open_run(cfg)
+    ckpts, data, cfg = run.ckpts, run.data, run.cfg
     n_all = len(data.train_eval)
     idx = np.arange(n_all) if subset <= 0 or subset >= n_all else np.sort(
         np.random.default_rng(0).choice(n_all, subset, replace=False))
     sc, bs = cfg["score"], cfg["score"]["batch_size"]
     out = {m: [] for m in methods}
-    for e, path in ckpts:
+    for e, _ in ckpts:
         for m in methods:
             f = cache / f"{m}_epoch_{e:03d}.npz"
             if f.is_file():
@@ -64,7 +61,7 @@ def per_probe_scores(cfg: dict, methods: list[str], n_max: int, subset: int, cac
                     if z["index"].shape == idx.shape and (z["index"] == idx).all() and z["curvature"].shape[0] >= n_max:
                         out[m].append(z["curvature"][:n_max])
                         continue
-            model = load_model(load_checkpoint(path))
+            model = run.load_model(e)
             vals = []
             for s in range(0, len(idx), bs):
                 ii = torch.from_numpy(idx[s:s + bs])

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -33,6 +34,21 @@ def run_script(script: str, *args: str, cwd: Path = ROOT, nproc: int = 0, env: d
     cmd += [str(ROOT / script), *args]
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+def write_image_folder(root: Path, classes=("a", "b", "c"), n: int = 4, ext: str = "png", size: int = 32,
+                       noise: bool = False) -> Path:
+    """An ImageFolder tree root/{train,test}/<class>/<i>.<ext> of RGB images (flat per class, or random)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for k, c in enumerate(classes):
+            (root / split / c).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                arr = (rng.integers(0, 256, (size, size, 3)) if noise else np.full((size, size, 3), 40 * k + i))
+                Image.fromarray(arr.astype(np.uint8)).save(root / split / c / f"{i}.{ext}")
+    return root
 
 
 @pytest.fixture

@@ -8,19 +8,20 @@ import numpy as np
 import pytest
 import torch
 
-from utils.analysis import (
+from utils.curvature.analysis import (
+    SCORES,
     analyze,
-    auprc,
-    auroc,
     baseline_scores,
     confident_learning,
+    curvature_scores,
     learning_time,
-    robust_curvature,
     targets_of,
 )
-from utils.checkpoint import save_npz, score_dir
+from utils.curvature.ensemble import MLPSpec, cv_probabilities
 from utils.errors import UserError
-from utils.memorization import MLPSpec, cv_probabilities
+from utils.io import load_npz, save_npz
+from utils.metrics import auprc, auroc
+from utils.runs import run_dir, score_dir
 from utils.train import train
 
 from .conftest import ROOT, run_script, tiny_cfg
@@ -40,9 +41,6 @@ def make_run(tmp, *overrides: str) -> dict:
 def write_scores(cfg: dict, curvature: np.ndarray, per_epoch: np.ndarray | None = None,
                  epochs: np.ndarray | None = None, hv_norm: np.ndarray | None = None) -> dict:
     """A curvature.npz in the scoring stage's format, with the run's record and the given scores."""
-    from utils.analysis import load_npz
-    from utils.checkpoint import run_dir
-
     stats = load_npz(run_dir(cfg) / "train_stats.npz")
     if per_epoch is None:
         per_epoch = np.stack([curvature * s for s in (0.5, 1.0, 1.5)])
@@ -93,20 +91,22 @@ def test_baselines_from_stats():
     margin = np.array([[0.0, 1.0, -1.0], [1.0, 2.0, -2.0]])
     stats = {"loss": loss, "margin": margin, "correct": margin > 0, "epochs": np.array([1, 2])}
     b = baseline_scores(stats)
-    np.testing.assert_allclose(b["loss (final epoch)"], [0.5, 0.1, 3.0])
-    np.testing.assert_allclose(b["cumulative sample loss"], [1.5, 0.2, 5.0])
-    np.testing.assert_allclose(b["in-confidence (mean 1-p)"], (1 - np.exp(-loss)).mean(0))
-    np.testing.assert_allclose(b["negative margin (final epoch)"], [-1.0, -2.0, 2.0])
-    np.testing.assert_array_equal(b["learning time"], [2, 1, 3])
+    np.testing.assert_allclose(b["loss_final"], [0.5, 0.1, 3.0])
+    np.testing.assert_allclose(b["cumulative_loss"], [1.5, 0.2, 5.0])
+    np.testing.assert_allclose(b["in_confidence"], (1 - np.exp(-loss)).mean(0))
+    np.testing.assert_allclose(b["neg_margin"], [-1.0, -2.0, 2.0])
+    np.testing.assert_array_equal(b["learning_time"], [2, 1, 3])
     sub = baseline_scores(stats, cols=np.array([2, 0]))
-    np.testing.assert_allclose(sub["cumulative sample loss"], [5.0, 1.5])
+    np.testing.assert_allclose(sub["cumulative_loss"], [5.0, 1.5])
+    assert set(b) <= set(SCORES)
 
 
 def test_robust_curvature_aggregates():
     pe = np.array([[1.0, 4.0], [100.0, 1.0], [1.0, 16.0]])
-    r = robust_curvature(pe)
-    np.testing.assert_allclose(r["curvature (geometric mean over epochs)"], [100 ** (1 / 3), 4.0])
-    np.testing.assert_allclose(r["curvature (median over epochs)"], [1.0, 4.0])
+    r = curvature_scores({"curvature": pe.mean(0), "per_epoch": pe})
+    np.testing.assert_allclose(r["curvature_geomean"], [100 ** (1 / 3), 4.0])
+    np.testing.assert_allclose(r["curvature_median"], [1.0, 4.0])
+    assert set(r) <= set(SCORES)
 
 
 def test_confident_learning_flags_the_contradicted_label():
@@ -141,8 +141,6 @@ def noisy_run(tmp_path_factory):
 
 def test_analyze_tiny_run_known_aurocs(noisy_run):
     cfg = noisy_run
-    from utils.analysis import load_npz
-
     rec = load_npz(ROOT / cfg["paths"]["pretrained"] / cfg["run"] / "train_stats.npz")
     noisy = rec["is_noisy"]
     assert 0 < noisy.sum() < len(noisy)
@@ -151,21 +149,26 @@ def test_analyze_tiny_run_known_aurocs(noisy_run):
     write_scores(cfg, curv, per_epoch, np.array([0, 1, 3]), hv_norm=1.0 - noisy)  # official form: reversed
     res = analyze(cfg, progress=False)
     out = res["out_dir"]
-    rows = {r["score"]: r for r in read_csv(out / "auroc.csv") if r["target"].startswith("mislabeled")}
-    assert float(rows["curvature (mean over epochs)"]["auroc"]) == 1.0
-    assert float(rows["curvature (mean over epochs)"]["auprc"]) == 1.0
-    assert float(rows["curvature @ epoch 0"]["auroc"]) == 0.0
-    assert float(rows["curvature @ epoch 1"]["auroc"]) == 1.0
-    assert float(rows["curvature @ epoch 3"]["auroc"]) == 0.5
-    assert rows["curvature @ epoch 3"]["epoch"] == "3"
-    assert float(rows["curvature (official form: mean ||Hv|| over probes and epochs)"]["auroc"]) == 0.0
+    rows = {r["score"]: r for r in read_csv(out / "auroc.csv") if r["target"] == "mislabeled"}
+    assert float(rows["curvature"]["auroc"]) == 1.0 and float(rows["curvature"]["auprc"]) == 1.0
+    assert rows["curvature"]["label"] == "curvature (mean over epochs)"
+    assert float(rows["curvature_epoch_0"]["auroc"]) == 0.0
+    assert float(rows["curvature_epoch_1"]["auroc"]) == 1.0
+    assert float(rows["curvature_epoch_3"]["auroc"]) == 0.5
+    assert rows["curvature_epoch_3"]["epoch"] == "3"
+    assert float(rows["curvature_official"]["auroc"]) == 0.0
     # the baselines in the table are exactly sklearn on train_stats
     b = baseline_scores(rec)
-    for name in ("cumulative sample loss", "learning time", "loss (final epoch)"):
+    for name in ("cumulative_loss", "learning_time", "loss_final"):
         assert float(rows[name]["auroc"]) == pytest.approx(auroc(b[name], noisy), abs=1e-6)
-    assert "confident learning (1 - label quality)" in rows and "cross-validated" in res["cl_source"]
+    assert "confident_learning" in rows and "cross-validated" in res["cl_source"]
     md = (out / "auroc.md").read_text()
-    assert "| curvature (mean over epochs) | 1.0000 | 1.0000 |" in md and "Confident Learning" in md
+    assert "| curvature (mean over epochs) | `curvature` | 1.0000 | 1.0000 |" in md and "Confident Learning" in md
+    # the cross-validated probabilities are cached and reused (no retraining on the next analysis)
+    cache = out / "cl_probs.npz"
+    stamp = cache.stat().st_mtime_ns
+    analyze(cfg, progress=False, figures=False)
+    assert cache.stat().st_mtime_ns == stamp
     for name in ("roc", "curvature_hist", "curvature_epochs", "auroc_vs_epoch", "topk_curvature"):
         png = out / f"{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -181,19 +184,17 @@ def test_cl_from_best_checkpoint(noisy_run):
 
 def test_duplicate_injection_auroc_reported(tmp_path):
     cfg = make_run(tmp_path, "noise.duplicates=12")
-    from utils.analysis import load_npz
-
     rec = load_npz(ROOT / cfg["paths"]["pretrained"] / cfg["run"] / "train_stats.npz")
     dup = rec["is_duplicate"].astype(bool)
     assert dup.sum() == 12 and len(dup) == 312
     write_scores(cfg, dup + 0.001 * np.arange(len(dup)) / len(dup))
     res = analyze(cfg, progress=False, figures=False)
-    rows = [r for r in res["rows"] if r["score"] == "curvature (mean over epochs)"]
+    rows = [r for r in res["rows"] if r["score"] == "curvature"]
     by = {r["target"]: r for r in rows}
-    assert by["injected duplicate (is_duplicate)"]["auroc"] == 1.0 and by["injected duplicate (is_duplicate)"]["n_pos"] == 12
-    pair = targets_of({k: rec[k] for k in RECORD_KEYS})["duplicate pair (copy or its source)"]
+    assert by["duplicate"]["auroc"] == 1.0 and by["duplicate"]["n_pos"] == 12
+    pair = targets_of({k: rec[k] for k in RECORD_KEYS})["duplicate_pair"]
     assert pair.sum() == 24 and pair[rec["duplicate_of"][dup]].all()
-    assert by["mislabeled (is_noisy)"]["n_pos"] == int(rec["is_noisy"].sum()) > 12  # noise + the copies
+    assert by["mislabeled"]["n_pos"] == int(rec["is_noisy"].sum()) > 12  # noise + the copies
     assert "injected duplicate (is_duplicate): 12 positives" in res["md"]
 
 
@@ -201,8 +202,8 @@ def test_duplicates_only_run_has_no_separate_mislabel_target():
     rec = {"is_noisy": np.array([0, 1, 0, 1], bool), "is_duplicate": np.array([0, 1, 0, 1], bool),
            "index": np.arange(4), "duplicate_of": np.array([-1, 0, -1, 2])}
     t = targets_of(rec)
-    assert list(t) == ["injected duplicate (is_duplicate)", "duplicate pair (copy or its source)"]
-    np.testing.assert_array_equal(t["duplicate pair (copy or its source)"], [1, 1, 1, 1])
+    assert list(t) == ["duplicate", "duplicate_pair"]
+    np.testing.assert_array_equal(t["duplicate_pair"], [1, 1, 1, 1])
 
 
 def test_clean_run_and_missing_scores_are_user_errors(tmp_path, noisy_run):
@@ -221,4 +222,20 @@ def test_cli_prints_table(noisy_run):
     p = run_script("analyze_curvature.py", f"run={c['run']}", f"paths.pretrained={c['paths']['pretrained']}",
                    f"paths.scores={c['paths']['scores']}")
     assert p.returncode == 0, p.stderr[-2000:]
-    assert "| curvature (mean over epochs) |" in p.stdout and "auroc.md" in p.stdout
+    assert "| curvature (mean over epochs) |" in p.stdout and "auroc.md" in p.stdout and "written:" in p.stdout
+
+
+def test_roc_legend_lists_every_score_of_the_table(noisy_run, monkeypatch):
+    from utils.curvature import plots
+
+    seen = {}
+    real = plots.roc_curves
+
+    def spy(scores, target, path, title="", main=""):
+        seen[path.name] = list(scores)
+        return real(scores, target, path, title, main)
+
+    monkeypatch.setattr(plots, "roc_curves", spy)
+    res = analyze(noisy_run, progress=False)
+    table = [r["label"] for r in res["rows"] if r["target"] == "mislabeled" and r["group"] == "score"]
+    assert seen["roc.png"] == table

@@ -14,16 +14,34 @@ def test_overrides_parse_as_yaml():
     assert cfg["score"]["h"] == pytest.approx(1e-4) and isinstance(cfg["score"]["h"], float)
 
 
+def test_string_keys_keep_the_text():
+    cfg = load_config(None, ["run=on", "data.folder=2024", "score.method=fd"])
+    assert cfg["run"] == "on" and cfg["data"]["folder"] == "2024"
+
+
 def test_int_accepted_for_float_key():
     assert load_config(None, ["train.lr=1"])["train"]["lr"] == 1.0
 
 
-def test_unknown_key_lists_valid_keys():
+def test_unknown_key_suggests_the_nearest_and_lists_its_section():
     with pytest.raises(UserError) as e:
         load_config(None, ["train.epoch=3"])
     msg = str(e.value)
-    assert "train.epoch" in msg and "train.epochs" in msg and "\n" not in msg
-    assert all(k in msg for k in VALID_KEYS)
+    assert "did you mean train.epochs?" in msg and "\n" not in msg and len(msg) < 600
+    train_keys = [k.split(".", 1)[1] for k in VALID_KEYS if k.startswith("train.")]
+    assert all(k in msg for k in train_keys) and "score.h" not in msg  # its section only, not all keys
+    with pytest.raises(UserError, match="did you mean score.n_probes"):
+        load_config(None, ["score.nprobes=3"])
+    with pytest.raises(UserError, match="did you mean train.lr"):
+        load_config(None, ["optim.lr=3"])
+
+
+def test_yaml_error_gives_line_and_column(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("train:\n  epochs: 3\n  lr: [0.1\n")
+    with pytest.raises(UserError, match=r"line \d+, column \d+") as e:
+        load_config(p)
+    assert "\n" not in str(e.value)
 
 
 @pytest.mark.parametrize("item", ["train.epochs=abc", "train.amp=3", "noise.rate=[1]", "train.milestones=5"])
@@ -46,7 +64,10 @@ def test_missing_config_file(tmp_path):
 
 def test_default_run_name_and_identity():
     a = load_config(ROOT / "configs/digits.yaml")
-    assert a["run"] == "digits_digits_mlp_symmetric0.1_s0"
+    assert a["run"] == "digits_digits_mlp_symmetric0.1_n0_s0"
+    # runs that differ by default in a seed never share a derived name
+    names = {load_config(ROOT / "configs/digits.yaml", o)["run"] for o in ([], ["noise.seed=1"], ["train.seed=1"])}
+    assert len(names) == 3
     b = load_config(ROOT / "configs/digits.yaml", ["train.epochs=99", "paths.pretrained=/elsewhere"])
     c = load_config(ROOT / "configs/digits.yaml", ["noise.seed=1"])
     assert identity_hash(a) == identity_hash(b) != identity_hash(c)

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.func import hessian
 
-from utils.curvature import input_curvature, official_curvature, probe_seed, rademacher, sample_probes
+from utils.curvature.estimator import input_curvature, official_curvature, rademacher, sample_probes
 from utils.errors import UserError
 from utils.models import DigitsMLP, per_sample_loss
 
@@ -152,9 +152,14 @@ def test_probes_are_rademacher_and_seeded_per_sample():
     assert torch.equal(again.flip(1), p)  # order / batch does not matter
     assert not torch.equal(sample_probes(idx, (2, 5), 7, seed=1, epoch=3), p)
     assert not torch.equal(sample_probes(idx, (2, 5), 7, seed=1, epoch=2, stream=1), p)
-    assert probe_seed(0, 0, 1) != probe_seed(0, 0, 2) and 0 <= probe_seed(5, 6, 7) < 2 ** 63
+    assert set(p.unique().tolist()) == {-1.0, 1.0} and abs(float(p.mean())) < 0.2
     big = rademacher((200_000,), generator=torch.Generator().manual_seed(0))
     assert abs(float(big.mean())) < 0.01
+    # the counter-based hash: balanced, and uncorrelated across probes, samples and neighbouring elements
+    h = sample_probes(torch.arange(64), (3, 16, 16), 4, seed=0, epoch=0).double()
+    assert abs(float(h.mean())) < 0.01
+    for a, b in ((h[0], h[1]), (h[:, 0], h[:, 1]), (h[..., :-1], h[..., 1:])):
+        assert abs(float((a * b).mean())) < 0.01
 
 
 def test_fd_batches_of_probes_match_one_pass_and_errors():
@@ -167,3 +172,33 @@ def test_fd_batches_of_probes_match_one_pass_and_errors():
         input_curvature(model, x, y, method="newton")
     with pytest.raises(UserError):
         input_curvature(model, x, y, method="fd", h=0.0)
+
+
+def test_what_fd_measures_smooth_vs_relu():
+    """fd estimates tr(H^2) on a smooth network (error O(h)); on a ReLU network a step of h = 1e-2 crosses
+    activation kinks and fd measures the curvature of the neighbourhood at scale h instead: the median sample's
+    value is off by a factor of several, while a tiny step (no crossings) agrees with the exact Hessian."""
+    from sklearn.datasets import load_digits
+
+    from utils.models import DigitsMLP
+
+    xs, ys = load_digits(return_X_y=True)
+    x = torch.tensor(xs[:64] / 8.0 - 0.6, dtype=torch.float64).view(64, 1, 8, 8)
+    y = torch.tensor(ys[:64])
+    ratio = {}
+    for act in ("softplus", "relu"):
+        torch.manual_seed(0)
+        model = DigitsMLP(10, 1, 8, 256, act).double()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        for _ in range(200):  # off the initialisation: a fitted network, as in scoring
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+        probes = rademacher((20, *x.shape), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        exact = input_curvature(model, x, y, method="exact", probes=probes)["curvature"]
+        for h in (1e-2, 1e-5):
+            fd = input_curvature(model, x, y, method="fd", h=h, probes=probes)["curvature"]
+            ratio[act, h] = float((fd / exact - 1).abs().median())
+    assert ratio["softplus", 1e-2] < 0.03 and ratio["softplus", 1e-5] < 1e-4  # smooth: O(h) agreement
+    assert ratio["relu", 1e-2] > 1.0  # ReLU at the default step: kink crossings dominate
+    assert ratio["relu", 1e-5] < 1e-3  # ... and it is the crossings: a step too small to cross agrees

@@ -5,13 +5,13 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from torchvision.datasets import cifar
 
-from utils.data import GlobalBatchSampler, build_data, shard_range
+from utils.data import GlobalBatchSampler, build_data, stratified_subset
+from utils.distributed import shard_range
 from utils.errors import UserError
 
-from .conftest import tiny_cfg
+from .conftest import tiny_cfg, write_image_folder
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -55,18 +55,9 @@ def test_cifar_missing_says_how_to_get_it(tmp_path):
         build_data(cfg)
 
 
-def _write_folder(root, classes=("a", "b", "c"), n=4, ext="png"):
-    for split in ("train", "test"):
-        for k, c in enumerate(classes):
-            (root / split / c).mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                arr = np.full((32, 32, 3), 40 * k + i, dtype=np.uint8)
-                Image.fromarray(arr).save(root / split / c / f"{i}.{ext}")
-
-
 @pytest.mark.parametrize("ext", ["png", "jpg"])
 def test_imagefolder(tmp_path, ext):
-    _write_folder(tmp_path / "data" / "mini", ext=ext)
+    write_image_folder(tmp_path / "data" / "mini", ext=ext)
     cfg = tiny_cfg(tmp_path, "data.name=imagefolder", f"data.root={tmp_path}/data", "data.folder=mini", "data.subset=0")
     b = build_data(cfg)
     assert b.classes == ["a", "b", "c"] and len(b.train) == 12 and b.in_channels == 3 and b.image_size == 32
@@ -74,7 +65,7 @@ def test_imagefolder(tmp_path, ext):
 
 
 def test_imagefolder_lazy_and_data_root_env(tmp_path, monkeypatch):
-    _write_folder(tmp_path / "data" / "imagenet", ext="jpg")
+    write_image_folder(tmp_path / "data" / "imagenet", ext="jpg")
     monkeypatch.setenv("DATA_ROOT", str(tmp_path / "data"))
     cfg = tiny_cfg(tmp_path, "data.name=imagenet", "data.in_memory=false", "data.image_size=16", "data.subset=0")
     b = build_data(cfg)
@@ -85,7 +76,7 @@ def test_missing_and_empty_folders(tmp_path):
     cfg = tiny_cfg(tmp_path, "data.name=imagefolder", f"data.root={tmp_path}/data", "data.folder=mini")
     with pytest.raises(UserError, match="not found"):
         build_data(cfg)
-    _write_folder(tmp_path / "data" / "mini")
+    write_image_folder(tmp_path / "data" / "mini")
     (tmp_path / "data" / "mini" / "train" / "empty").mkdir()
     with pytest.raises(UserError, match="holds no images"):
         build_data(cfg)
@@ -109,3 +100,39 @@ def test_global_batch_sampler_partitions_batches():
         assert sorted(b) == sorted(b0 + b1) and abs(len(b0) - len(b1)) <= 1
     assert sorted(i for b in one for i in b) == list(range(103))
     assert [list(shard_range(10, r, 3)) for r in range(3)] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
+def test_subset_is_seeded_and_stratified(tmp_path):
+    # a class-sorted folder: the first N images would all be class "a"
+    write_image_folder(tmp_path / "data" / "sorted", classes=("a", "b", "c", "d"), n=10)
+    base = ["data.name=imagefolder", f"data.root={tmp_path}/data", "data.folder=sorted", "noise.rate=0"]
+    b = build_data(tiny_cfg(tmp_path, *base, "data.subset=8"))
+    assert sorted(np.bincount(b.train.true_labels, minlength=4).tolist()) == [2, 2, 2, 2]
+    again = build_data(tiny_cfg(tmp_path, *base, "data.subset=8"))
+    other = build_data(tiny_cfg(tmp_path, *base, "data.subset=8", "data.subset_seed=1"))
+    assert np.array_equal(b.train.true_labels, again.train.true_labels)
+    assert not torch.equal(torch.stack([b.train_eval[i][1] for i in range(8)]),
+                           torch.stack([other.train_eval[i][1] for i in range(8)]))
+    labels = np.repeat(np.arange(3), [50, 30, 20])
+    keep = stratified_subset(labels, 10, 0)
+    assert np.bincount(labels[keep]).tolist() == [5, 3, 2] and np.all(np.diff(keep) > 0)
+
+
+def test_negative_subset_is_one_line_error(tmp_path):
+    with pytest.raises(UserError, match="data.subset=-3 must be >= 0"):
+        build_data(tiny_cfg(tmp_path, "data.subset=-3"))
+
+
+def test_offline_download_says_how_to_get_it(tmp_path, monkeypatch):
+    import urllib.error
+
+    from torchvision.datasets import CIFAR10
+
+    def offline(*a, **k):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(CIFAR10, "download", offline)
+    cfg = tiny_cfg(tmp_path, "data.name=cifar10", f"data.root={tmp_path}/none", "data.download=true")
+    with pytest.raises(UserError, match="offline") as e:
+        build_data(cfg)
+    assert "cifar-10-python.tar.gz" in str(e.value) and "\n" not in str(e.value)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from utils.duplicates import feature_neighbors, find_conflicting_pairs, find_duplicates, pixel_neighbors
+from utils.curvature.duplicates import feature_neighbors, find_conflicting_pairs, find_duplicates, pixel_neighbors
 
 from .test_analysis import make_run, read_csv, write_scores
 
@@ -66,8 +66,8 @@ def test_neighbors_exclude_self_and_sort():
 def test_finder_on_injected_duplicates(tmp_path):
     cfg = make_run(tmp_path, "noise.kind=none", "noise.rate=0.0", "noise.duplicates=10", "analysis.dup_top=20",
                    "analysis.dup_feature_cos=0.9999")  # a 3-epoch MLP maps many same-digit images to cos > 0.995
-    from utils.analysis import load_npz
-    from utils.checkpoint import run_dir
+    from utils.io import load_npz
+    from utils.runs import run_dir
 
     rec = load_npz(run_dir(cfg) / "train_stats.npz")
     dup = rec["is_duplicate"].astype(bool)
@@ -85,7 +85,7 @@ def test_finder_on_injected_duplicates(tmp_path):
 
 
 def test_pair_figure_without_pairs(tmp_path):
-    from utils import plots
+    from utils.curvature import plots
 
     path = plots.duplicate_pairs(np.zeros((0, 8, 8)), np.zeros((0, 8, 8)), [], tmp_path / "none.png")
     assert path.read_bytes()[:4] == b"\x89PNG"

@@ -15,8 +15,8 @@ from torch import nn
 from torch.func import functional_call, hessian
 
 from utils.errors import UserError
-from utils.hessian import HessianOperator, hutchinson_trace, lanczos, slq, slq_density, slq_histogram
 from utils.models import build_model
+from utils.spectral.hessian import HessianOperator, hutchinson_trace, lanczos, slq, slq_density, slq_histogram
 
 torch.set_num_threads(1)
 

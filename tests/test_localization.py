@@ -9,13 +9,16 @@ import pytest
 import torch
 from torch import nn
 
-from utils.example_tied_dropout import ExampleTiedDropout, ExampleTiedNet, etd_groups, etd_mode, unit_hash
-from utils.gradient_accounting import GradientAccounting
-from utils.layer_groups import UnitMasks, frozen_except, hidden_groups, layer_groups, merge_groups
-from utils.localization import layer_rewinding, load_group, open_run, retrain_group
+from utils.callbacks import Callback
+from utils.localization.accounting import GradientAccounting
+from utils.localization.etd import ExampleTiedDropout, ExampleTiedNet, etd_groups, etd_mode, unit_hash
+from utils.localization.flipping import flip_example
+from utils.localization.groups import UnitMasks, frozen_except, hidden_groups, layer_groups, merge_groups
+from utils.localization.methods import layer_rewinding, load_group, retrain_group
+from utils.localization.report import heatmap_figure, retraining_figure
 from utils.models import build_model, forward
-from utils.neuron_flipping import flip_example
-from utils.train import Callback, load_model, train
+from utils.runs import model_for, open_run
+from utils.train import train
 
 from .conftest import ROOT, run_script
 
@@ -72,20 +75,23 @@ def _logits(model, run):
 
 def test_rewinding_to_final_is_identity_and_all_to_epoch0_is_init(bn_run):
     run = open_run(bn_run)
-    model, groups = run.model, layer_groups(run.model)
+    model = run.load_model(-1)
+    groups = layer_groups(model)
     final_out = _logits(model, run)
     final_state = copy.deepcopy(model.state_dict())
     for g in groups:
         load_group(model, g, final_state)
         assert torch.equal(_logits(model, run), final_out)
-    init = load_model(torch.load(run.ckpts[0][1], weights_only=True))
+    init = model_for(run.cfg, run.record)
+    init.load_state_dict(run.checkpoint(0)["model"])
+    init.eval()
     assert not torch.allclose(final_out, _logits(init, run))
     state0 = init.state_dict()
     for g in groups:
         load_group(model, g, state0)  # includes BatchNorm running statistics
     assert torch.equal(_logits(model, run), _logits(init, run))
     model.load_state_dict(final_state)
-    rows = layer_rewinding(run, [2])
+    rows = layer_rewinding(run, [2], model)
     base = rows[0]
     assert all(r["noisy_acc"] == base["noisy_acc"] and r["test_acc"] == base["test_acc"] for r in rows[1:])
     assert len(rows) == 1 + len(groups)
@@ -93,7 +99,7 @@ def test_rewinding_to_final_is_identity_and_all_to_epoch0_is_init(bn_run):
 
 def test_retraining_leaves_every_other_parameter_bit_identical(bn_run):
     run = open_run(bn_run)
-    model = run.model
+    model = run.load_model(-1)
     groups = layer_groups(model)
     g = next(x for x in groups if x.name == "layer2.0")
     before = copy.deepcopy(model.state_dict())
@@ -200,10 +206,57 @@ def test_example_tied_modes_equal_masked_forwards():
 
 
 # ----------------------------------------------------------------------------- gradient accounting
+def _reference_sums(ga: GradientAccounting) -> np.ndarray:
+    """The former host-side accumulation: float() of every per-parameter float64 sum, added per group."""
+    gc, gn = ga.last
+    out = np.zeros((3, len(ga.groups)))
+    for i, a, b in zip(ga.owner.tolist(), gc, gn):
+        a64, b64 = a.double(), b.double()
+        out[0, i] += float((a64 * a64).sum())
+        out[1, i] += float((b64 * b64).sum())
+        out[2, i] += float((a64 * b64).sum())
+    return out
+
+
+class _SyncCounter:
+    """Counts tensor -> host conversions (float/int/bool/item/tolist/numpy/cpu) inside a `with` block."""
+
+    NAMES = ("__float__", "__int__", "__bool__", "item", "tolist", "numpy", "cpu")
+
+    def __init__(self) -> None:
+        self.count, self.saved = 0, {}
+
+    def __enter__(self):
+        for name in self.NAMES:
+            orig = getattr(torch.Tensor, name)
+            self.saved[name] = torch.Tensor.__dict__.get(name)
+
+            def wrapped(t, *a, _orig=orig, **k):
+                self.count += 1
+                return _orig(t, *a, **k)
+
+            setattr(torch.Tensor, name, wrapped)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for name, own in self.saved.items():  # put back the class's own attribute, or the inherited one
+            if own is None:
+                delattr(torch.Tensor, name)
+            else:
+                setattr(torch.Tensor, name, own)
+
+
 def test_gradient_accounting_parts_sum_to_the_step_gradient(tiny, tmp_path):
     cfg = tiny("train.epochs=2", "data.subset=200")
-    ga = GradientAccounting(tmp_path / "acc.npz", keep_last=True)
-    checked = []
+    checked, syncs = [], []
+
+    class Counting(GradientAccounting):
+        def on_batch_loss(self, state, losses, index, loss):
+            with _SyncCounter() as c:
+                super().on_batch_loss(state, losses, index, loss)
+            syncs.append(c.count)
+
+    ga = Counting(tmp_path / "acc.npz", keep_last=True)
 
     class Check(Callback):
         def on_step_end(self, state):
@@ -211,20 +264,73 @@ def test_gradient_accounting_parts_sum_to_the_step_gradient(tiny, tmp_path):
             for p, a, b in zip(ga.params, gc, gn):
                 torch.testing.assert_close(a + b, p.grad, rtol=1e-5, atol=1e-7)
             checked.append(bool(any(float(b.abs().sum()) > 0 for b in gn)))
+            # the per-step sums stay on the device; they equal the former host accumulation bit for bit
+            ref = _reference_sums(ga)
+            assert np.array_equal(ga.pending[-1][3][:-1].cpu().numpy().reshape(3, -1), ref)
 
     train(cfg, [ga, Check()])
     assert len(checked) == 2 * 7 and any(checked)
+    assert syncs == [0] * 14, "gradient accounting must not move anything to the host per step"
     z = np.load(tmp_path / "acc.npz")
     assert z["clean_sq"].shape == (14, 3) and list(z["group_names"]) == ["body.1", "body.3", "fc"]
     assert (z["n_clean"] + z["n_noisy"]).sum() == 2 * 200 and list(np.unique(z["epoch"])) == [1, 2]
     # the stored norms and dot product rebuild |g|^2 of the last step per group
     gc, gn = ga.last
     full = [float(((a + b).double() ** 2).sum()) for a, b in zip(gc, gn)]
-    per_group = np.bincount(ga.owner.numpy(), weights=full)
+    per_group = np.bincount(ga.owner.cpu().numpy(), weights=full)
     np.testing.assert_allclose(z["clean_sq"][-1] + z["noisy_sq"][-1] + 2 * z["dot"][-1], per_group, rtol=1e-6)
+    ref = _reference_sums(ga)
+    assert np.array_equal(np.stack([z["clean_sq"][-1], z["noisy_sq"][-1], z["dot"][-1]]), ref)
+
+
+# ----------------------------------------------------------------------------- figures
+def test_heatmaps_label_rows_with_layer_names():
+    names = [g.name for g in layer_groups(build_model("cifar_resnet18", 10, 3, 32, 4))]
+    assert "layer3.1.conv2" in names
+    rows = [{"group": "(none)", "epoch": 12, "noisy_acc": 0.6, "clean_acc": 0.9, "test_acc": 0.5}]
+    rows += [{"group": g, "epoch": e, "noisy_acc": 0.3, "clean_acc": 0.5, "test_acc": 0.4} for e in (0, 2) for g in names]
+    fig = heatmap_figure(rows, "layer rewinding")
+    panels = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    assert len(panels) == 3
+    for ax in panels:  # every panel names its rows; columns are the rewind epochs
+        assert [t.get_text() for t in ax.get_yticklabels()] == names
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["epoch 0", "epoch 2"]
+    retrain = [{**r, "reset_noisy_acc": 0.1, "reset_clean_acc": 0.2} for r in rows if r["epoch"] != 2]
+    fig = retraining_figure(retrain)
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == names
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
 
 
 # ----------------------------------------------------------------------------- scripts and notebook
+def _execute_notebook(run: str, etd_run: str, scores) -> list[dict]:
+    """Run notebooks/localization.ipynb headless with its parameters cell replaced; its code outputs."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(ROOT / "notebooks" / "localization.ipynb", as_version=4)
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, "the run is chosen in exactly one cell tagged 'parameters'"
+    tagged[0].source = f"RUN = {run!r}\nETD_RUN = {etd_run!r}\nSCORES = {str(scores)!r}\n"
+    client = NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}})
+    client.execute(env={**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"})
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    assert not [o for o in outputs if o.get("name") == "stderr"], "no progress bars or warnings in the notebook"
+    return outputs
+
+
+def _text(outputs: list[dict]) -> str:
+    return "".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/markdown", "")) for o in outputs)
+
+
+def test_notebook_without_accounting_says_so(tmp_path):
+    outputs = _execute_notebook("never_ran", "never_ran_etd", tmp_path / "scores")
+    printed = "".join(str(o.get("text", "")) for o in outputs if o.get("name") == "stdout")
+    assert "never_ran: no accounting yet" in printed and "no neuron flipping yet" in printed
+
+
 def test_five_scripts_and_notebook_on_a_tiny_digits_run(tmp_path):
     common = [f"paths.pretrained={tmp_path}/pre", f"paths.scores={tmp_path}/scores", f"paths.logs={tmp_path}/logs",
               "data.subset=300", "train.epochs=4", "train.batch_size=32"]
@@ -232,12 +338,18 @@ def test_five_scripts_and_notebook_on_a_tiny_digits_run(tmp_path):
            "localization.flip_noisy=3", "localization.flip_max_units=40", "localization.flip_batch=16"]
     out = tmp_path / "scores" / "tiny" / "localization"
     r = run_script("layer_rewinding.py", "run=tiny", *common)
-    assert r.returncode == 2 and r.stderr.startswith("error: no checkpoints") and len(r.stderr.splitlines()) == 1
-    for script in ("gradient_accounting.py", "layer_rewinding.py", "layer_retraining.py", "neuron_flipping.py"):
+    assert r.returncode == 2 and r.stderr.startswith("error: no run 'tiny'") and len(r.stderr.splitlines()) == 1
+    headlines = {"gradient_accounting.py": "noisy share of the gradient norm, epoch 1 -> epoch 4",
+                 "layer_rewinding.py": "noisy still memorized after rewinding one group to epoch 0, 2",
+                 "layer_retraining.py": "noisy memorized", "neuron_flipping.py": "units to flip"}
+    for script, headline in headlines.items():
         r = run_script(script, "run=tiny", *common, *loc)
         assert r.returncode == 0, script + r.stderr[-2000:]
+        _check_summary(r.stdout, headline, script)
     r = run_script("example_tied_dropout.py", "run=tiny_etd", *common)
     assert r.returncode == 0, r.stderr[-2000:]
+    _check_summary(r.stdout, "drop ", "example_tied_dropout.py")
+    assert "example " in r.stdout and "test " in r.stdout
     names = {p.name for p in out.iterdir()}
     for stem in ("accounting", "rewinding", "retraining", "flipping_summary"):
         assert {f"{stem}.csv", f"{stem}.md"} <= names
@@ -254,17 +366,18 @@ def test_five_scripts_and_notebook_on_a_tiny_digits_run(tmp_path):
     with Image.open(out / "rewinding.png") as im:
         assert abs(im.info["dpi"][0] - 150) < 1
 
-    import nbformat
-    from nbclient import NotebookClient
+    outputs = _execute_notebook("tiny", "tiny_etd", tmp_path / "scores")
+    text = _text(outputs)
+    assert "| mode |" in text and "| group |" in text and any("image/png" in o.get("data", {}) for o in outputs)
+    assert "no accounting yet" not in text
 
-    nb = nbformat.read(ROOT / "notebooks" / "localization.ipynb", as_version=4)
-    os.environ.update(LOCALIZATION_RUN="tiny", LOCALIZATION_ETD_RUN="tiny_etd", LOCALIZATION_SCORES=str(tmp_path / "scores"))
-    try:
-        client = NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}})
-        client.execute()
-    finally:
-        for k in ("LOCALIZATION_RUN", "LOCALIZATION_ETD_RUN", "LOCALIZATION_SCORES"):
-            os.environ.pop(k, None)
-    text = "".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/markdown", ""))
-                   for c in nb.cells if c.cell_type == "code" for o in c.outputs)
-    assert "| mode |" in text and "| group |" in text and "image/png" in str(nb.cells)
+
+def _check_summary(stdout: str, headline: str, script: str) -> None:
+    """A script's closing summary: its headline numbers, then 'written:' and the paths, each one a file."""
+    assert headline in stdout, f"{script}: {headline!r} not in\n{stdout[-3000:]}"
+    tail = stdout.split("written:\n")[-1].splitlines()
+    paths = [ln.strip() for ln in tail if ln.startswith("  ")]
+    assert "written:" in stdout and paths, f"{script} lists no written paths"
+    from pathlib import Path
+
+    assert all(Path(p).is_file() for p in paths), paths

@@ -8,18 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from utils import memorization
-from utils.memorization import (
-    MLPSpec,
-    epoch_order,
-    feldman_zhang,
-    fz_from_correct,
-    init_params,
-    run_fz,
-    similarity,
-    subset_masks,
-    train_ensemble,
-)
+from utils.curvature import memorization
+from utils.curvature.ensemble import MLPSpec, epoch_order, init_params, train_ensemble
+from utils.curvature.memorization import feldman_zhang, fz_from_correct, run_fz, similarity, subset_masks
 
 from .test_analysis import make_run, write_scores
 
@@ -124,7 +115,7 @@ def test_run_fz_writes_file_compares_and_reuses(tmp_path, monkeypatch):
     cfg = make_run(tmp_path, "analysis.fz_epochs=2", "analysis.fz_width=32")
     res = run_fz(cfg, progress=False)
     assert "no " in res["md"] and res["mem"].shape == (300,)
-    from utils.analysis import load_npz
+    from utils.io import load_npz
 
     z = load_npz(res["path"])
     assert z["masks"].shape == (8, 300) and int(z["n_models"]) == 8 and int(z["width"]) == 32
@@ -140,4 +131,6 @@ def test_run_fz_writes_file_compares_and_reuses(tmp_path, monkeypatch):
     assert set(res2["similarity"]) >= {"cosine", "pearson", "spearman"}
     assert "| curvature (mean over epochs) |" in res2["md"]
     assert res2["figure"].read_bytes()[:4] == b"\x89PNG"
+    assert {p.name for p in res2["paths"]} >= {"fz_memorization.npz", "fz_similarity.csv", "fz_similarity.md",
+                                               "fz_binned.png"}
     assert (res2["path"].parent / "analysis" / "fz_similarity.csv").is_file()

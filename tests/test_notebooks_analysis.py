@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from nbclient import NotebookClient
 
-from utils.analysis import load_npz
-from utils.checkpoint import run_dir
+from utils.io import load_npz
+from utils.runs import run_dir
 
 from .conftest import ROOT
 from .test_analysis import make_run, write_scores
@@ -32,7 +32,7 @@ def _parameters(cfg: dict) -> str:
     overrides = [f"paths.pretrained={cfg['paths']['pretrained']}", f"paths.scores={cfg['paths']['scores']}",
                  "analysis.fz_models=6", "analysis.fz_epochs=2", "analysis.fz_width=16", "analysis.top_k=8",
                  "analysis.dup_top=20"]
-    return f"RUN = {cfg['run']!r}\nCONFIG = 'configs/digits.yaml'\nOVERRIDES = {overrides!r}\n"
+    return f"RUN = {cfg['run']!r}\nOVERRIDES = {overrides!r}\n"
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
@@ -47,3 +47,4 @@ def test_notebook_runs(scored_run, name):
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
     assert any("image/png" in o.get("data", {}) for o in outputs), "the notebook should show its figure"
+    assert not [o for o in outputs if o.get("name") == "stderr"], "no progress-bar output in the notebook"

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from utils.checkpoint import list_checkpoints, run_dir, score_dir
 from utils.config import load_config
+from utils.curvature.scoring import score_run
 from utils.errors import UserError
-from utils.scoring import auroc, score_run
+from utils.metrics import auroc
+from utils.runs import list_checkpoints, run_dir, score_dir
 from utils.train import train
 
 from .conftest import ROOT, run_script, tiny_cfg
@@ -77,7 +78,7 @@ def test_resume_skips_scored_epochs_and_rejects_other_settings(tiny_run):
             assert (sdir / name).stat().st_mtime_ns == t  # not rescored
     assert not list(sdir.glob(".*tmp"))  # no partial files left behind
     other = {**cfg, "score": {**cfg["score"], "n_probes": 4}}
-    with pytest.raises(UserError, match="other settings"):
+    with pytest.raises(UserError, match=r"other settings \(score.n_probes: file 3, now 4\)"):
         score_run(other)
     every2 = {**cfg, "score": {**cfg["score"], "every": 2}}
     z = _load(score_run(every2))
@@ -86,7 +87,7 @@ def test_resume_skips_scored_epochs_and_rejects_other_settings(tiny_run):
 
 
 def test_missing_run_is_a_user_error(tmp_path):
-    with pytest.raises(UserError, match="no checkpoints"):
+    with pytest.raises(UserError, match="no run 'nothing_here'"):
         score_run(tiny_cfg(tmp_path, "run=nothing_here"))
 
 
@@ -107,3 +108,61 @@ def test_two_rank_torchrun_gives_identical_files(tiny_run):
         ea, eb = _load(tmp / f"one/tiny/epoch_{e:03d}.npz"), _load(tmp / f"two/tiny/epoch_{e:03d}.npz")
         for k in ea:
             np.testing.assert_array_equal(ea[k], eb[k], err_msg=f"epoch {e} {k}")
+
+
+def test_readme_plain_route(tmp_path):
+    """Train with noise overrides, then every later stage with run=<name> alone (the README's route)."""
+    common = [f"paths.pretrained={tmp_path}/pretrained", f"paths.scores={tmp_path}/curv_scores",
+              f"paths.logs={tmp_path}/logs"]
+    train_args = ["run=u1", "noise.rate=0.05", "noise.seed=3", "data.subset=300", "train.epochs=4"]
+    res = run_script("train_digits.py", *common, *train_args, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    for script, extra in (("score_digits_checkpoint.py", []), ("analyze_curvature.py", []),
+                          ("find_duplicates.py", []),
+                          ("fz_memorization.py", ["analysis.fz_models=8", "analysis.fz_epochs=2"]),
+                          ("layer_rewinding.py", ["localization.rewind_epochs=[0]"])):
+        res = run_script(script, *common, "run=u1", *extra, cwd=tmp_path)
+        assert res.returncode == 0, f"{script}: {res.stderr[-2000:]}"
+        assert "written:" in res.stdout, f"{script} does not name what it wrote: {res.stdout[-500:]}"
+    z = _load(tmp_path / "curv_scores/u1/curvature.npz")
+    assert int(z["noise_seed"]) == 3 and z["is_noisy"].sum() == 15  # the run's own labels (5 % of 300, seed 3)
+    # another data set's script scores the run's own data and never downloads
+    res = run_script("score_cifar10_checkpoint.py", *common, "run=u1", f"paths.scores={tmp_path}/other", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert np.array_equal(_load(tmp_path / "other/u1/curvature.npz")["curvature"], z["curvature"])
+    # a recorded key given again with another value is refused, naming the recorded value
+    res = run_script("score_digits_checkpoint.py", *common, "run=u1", "noise.rate=0.1", cwd=tmp_path)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1
+    assert "noise.rate=0.1 differs from run 'u1', recorded with noise.rate=0.05" in res.stderr
+
+
+def test_online_scores_are_bit_identical_to_offline(tmp_path):
+    """score.online=true writes, while training, exactly the epoch files the offline scorer writes from the
+    checkpoints; the offline scorer then has nothing left to score (a run keeping every 2nd checkpoint is still
+    scored every epoch)."""
+    on = tiny_cfg(tmp_path, "run=on", "score.online=true", "score.n_probes=2", "score.split=both")
+    train(on)
+    off = {**on, "paths": {**on["paths"], "scores": str(tmp_path / "offline")}}
+    score_run(off)
+    for e in range(4):
+        a, b = _load(score_dir(on) / f"epoch_{e:03d}.npz"), _load(score_dir(off) / f"epoch_{e:03d}.npz")
+        assert set(a) == set(b)
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=f"epoch {e} {k}")
+    sparse = tiny_cfg(tmp_path, "run=sparse", "score.online=true", "train.epochs=4", "train.checkpoint_every=2")
+    train(sparse)
+    assert [e for e, _ in list_checkpoints(run_dir(sparse))] == [0, 2, 4]
+    z = _load(score_run(sparse))
+    assert list(z["epochs"]) == [0, 1, 2, 3, 4]
+
+
+def test_corrupt_score_file_is_one_line_error(tiny_run):
+    tmp, cfg = tiny_run
+    cfg = {**cfg, "paths": {**cfg["paths"], "scores": str(tmp / "corrupt")}}
+    out = score_run(cfg)
+    out.write_bytes(out.read_bytes()[:200])
+    from utils.curvature.analysis import analyze
+
+    with pytest.raises(UserError, match="corrupt or truncated") as e:
+        analyze(cfg, progress=False, figures=False)
+    assert "\n" not in str(e.value)

@@ -1,5 +1,5 @@
-"""MP fit, Tracy-Widom margin, ESM metric and its null threshold, ROC helper: against Wishart matrices
-with known laws, spiked Wishart (BBP), and hand-computed ROC cases."""
+"""MP fit, Tracy-Widom margin, ESM metric and its null threshold, the summary rows and the ROC helper they
+use (utils.metrics): against Wishart matrices with known laws, spiked Wishart (BBP), and hand-computed ROC cases."""
 
 from __future__ import annotations
 
@@ -10,15 +10,14 @@ import pytest
 import torch
 from scipy.integrate import quad
 
-from utils.hessian import lanczos, slq
-from utils.spectral import (
+from utils.metrics import roc, threshold_accuracy
+from utils.spectral.hessian import lanczos, slq
+from utils.spectral.rmt import (
     esm_metric,
     fit_mp,
     mp_density,
     mp_edges,
-    roc,
     summarise_esm,
-    threshold_accuracy,
     tw1_cdf,
     tw1_quantile,
 )

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from utils.scoring import score_run
+from utils.curvature.scoring import score_run
 from utils.train import train
 
 

@@ -1,4 +1,7 @@
-"""What every top-level script does: parse `--config` + overrides, run, report UserErrors in one line."""
+"""What every top-level script does: parse `--config` + overrides, run, report UserErrors in one line.
+
+A `UserError` ends the script with exit status 2 and one `error:` line on stderr, printed after every open
+progress bar has been closed, so it is the last line the user sees (no traceback)."""
 
 from __future__ import annotations
 
@@ -6,9 +9,17 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from tqdm import tqdm
+
 from .config import parse_args
 from .distributed import teardown
 from .errors import UserError
+
+
+def close_bars() -> None:
+    """Close every open tqdm bar (each finishes its line), so nothing is redrawn after our message."""
+    for bar in list(getattr(tqdm, "_instances", [])):
+        bar.close()
 
 
 def run_script(main: Callable[[dict[str, Any]], Any], default_config: str, description: str = "") -> None:
@@ -16,7 +27,9 @@ def run_script(main: Callable[[dict[str, Any]], Any], default_config: str, descr
         cfg = parse_args(default_config, description=description)
         main(cfg)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        close_bars()
+        sys.stdout.flush()
+        print(f"error: {e}", file=sys.stderr, flush=True)
         teardown()
         sys.exit(2)
     teardown()

@@ -30,10 +30,13 @@ DEFAULTS: dict[str, Any] = {
         "folder": "",  # sub-directory of root for imagefolder / imagenet
         "download": False,  # torchvision CIFAR download (needs a network)
         "augment": True,  # crop + flip for CIFAR / ImageNet (never for digits, never for scoring)
+        "crop_pad": 4,  # in-memory sets: random crop after padding by this many pixels (0 = flip only)
         "image_size": 0,  # 0 -> dataset default (imagefolder / imagenet resize)
         "in_memory": True,  # decode small ImageFolder sets once into a uint8 tensor
+        "on_device": False,  # in-memory sets: uint8 images on the training device, batches cropped/flipped there
         "num_workers": 0,
-        "subset": 0,  # >0: keep only the first `subset` training images (quick runs)
+        "subset": 0,  # >0: a seeded, class-stratified subset of this many training images (quick runs)
+        "subset_seed": 0,
     },
     "noise": {
         "kind": "none",  # none | symmetric | asymmetric | random
@@ -60,10 +63,15 @@ DEFAULTS: dict[str, Any] = {
         "gamma": 0.1,
         "seed": 0,
         "amp": True,  # bf16 autocast on CUDA (ignored on CPU)
-        "stats": True,  # per-sample loss/correctness on the un-augmented train set each epoch
-        "max_steps": 0,  # >0: stop after this many optimizer steps
+        "stats": True,  # per-sample loss/correctness/margin on the un-augmented train set (fp32)
+        "stats_every": 1,  # ... every k-th epoch (and the last)
+        "max_steps": 0,  # >0: a step budget: train this many optimizer steps (drives the bar; epochs derived)
+        "warmup_epochs": 0.0,  # linear learning-rate warm-up over this many epochs (large batches)
+        "sync_bn": True,  # under torchrun: SyncBatchNorm (BN statistics of the global batch, as one process)
+        "log_every": 25,  # steps between host syncs (NaN check, progress-bar loss)
         "eval_batch_size": 512,
         "checkpoint_every": 1,  # save every k-th epoch (epoch 0 and the last are always saved)
+        "compile": False,  # torch.compile the training forward (CUDA; evaluation and scoring stay eager)
     },
     # analyze_curvature.py / find_duplicates.py / fz_memorization.py (utils/analysis.py, duplicates.py, memorization.py)
     "analysis": {
@@ -89,12 +97,13 @@ DEFAULTS: dict[str, Any] = {
         "method": "fd",  # fd (the paper's finite difference, reuses grad l(x)) | exact (double-backward HVP)
         "n_probes": 1,  # per scored epoch (the paper: 10); with h=1e-2 one probe beats the paper's setting (docs/curvature.md)
         "h": 1e-2,  # fd step along each +-1 probe, normalised input units (the paper: 1e-3; docs/curvature.md)
-        "every": 1,  # score every k-th saved epoch
+        "every": 1,  # score every k-th saved epoch (online: every k-th epoch)
+        "online": False,  # score the live model at the end of every `every`-th epoch while training
         "batch_size": 256,
         "split": "train",  # train | test | both
         "seed": 0,
         "spectrum": False,
-        "max_rows": 1024,  # fd: at most this many (probe x sample) rows per forward/backward pass
+        "max_rows": 1,  # fd: (probe x sample) rows per pass; 1 = one probe per pass (2.1x faster on CPU than stacking), 0 = all
     },
     "localization": {  # gradient_accounting / layer_rewinding / layer_retraining / neuron_flipping / example_tied_dropout
         "group_depth": 0,  # 0: one group per weight layer (+ its norm); k>0: merge groups sharing k leading name parts
@@ -135,18 +144,21 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'section.key': value}; private entries (leading '_', e.g. '_given') are left out."""
     out: dict[str, Any] = {}
     for k, v in d.items():
+        if k.startswith("_"):
+            continue
         key = f"{prefix}{k}"
         if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
+            out.update(flatten(v, key + "."))
         else:
             out[key] = v
     return out
 
 
-VALID_KEYS = sorted(_flatten(DEFAULTS))
+VALID_KEYS = sorted(flatten(DEFAULTS))
 
 
 def _type_ok(default: Any, value: Any) -> bool:
@@ -163,14 +175,33 @@ def _type_ok(default: Any, value: Any) -> bool:
     return True
 
 
+def suggest(key: str) -> str:
+    """' (did you mean x.y?); valid keys of section: ...' for an unknown key."""
+    import difflib
+
+    section = key.split(".")[0]
+    in_section = [k for k in VALID_KEYS if k.split(".")[0] == section]
+    near = difflib.get_close_matches(key, VALID_KEYS, n=1, cutoff=0.6)
+    if not near:  # a right leaf in the wrong section, or a near leaf
+        leaf = key.split(".")[-1]
+        near = [k for k in VALID_KEYS if k.split(".")[-1] == leaf][:1] or difflib.get_close_matches(
+            leaf, [k.split(".")[-1] for k in VALID_KEYS], n=1, cutoff=0.7)
+        near = [k for k in VALID_KEYS if k.split(".")[-1] == near[0]][:1] if near else []
+    hint = f"; did you mean {near[0]}?" if near else ""
+    if in_section and len(in_section) > 1:
+        return hint + f" keys of {section}: {', '.join(k.split('.', 1)[1] for k in in_section)}"
+    sections = sorted({k.split(".")[0] for k in VALID_KEYS})
+    return hint + f" sections: {', '.join(sections)}"
+
+
 def _set(cfg: dict[str, Any], key: str, value: Any, origin: str) -> None:
-    flat_defaults = _flatten(DEFAULTS)
+    flat_defaults = flatten(DEFAULTS)
     if key not in flat_defaults:
         if any(k.startswith(key + ".") for k in flat_defaults) and isinstance(value, dict):
             for k, v in value.items():
                 _set(cfg, f"{key}.{k}", v, origin)
             return
-        raise UserError(f"unknown config key {key!r} ({origin}); valid keys: {', '.join(VALID_KEYS)}")
+        raise UserError(f"unknown config key {key!r} ({origin}){suggest(key)}")
     default = flat_defaults[key]
     if isinstance(default, float) and isinstance(value, str):
         try:  # YAML 1.1 reads "1e-3" as a string
@@ -178,10 +209,7 @@ def _set(cfg: dict[str, Any], key: str, value: Any, origin: str) -> None:
         except ValueError:
             pass
     if not _type_ok(default, value):
-        raise UserError(
-            f"config key {key!r} ({origin}) wants {type(default).__name__}, got {value!r}; "
-            f"valid keys: {', '.join(VALID_KEYS)}"
-        )
+        raise UserError(f"config key {key!r} ({origin}) wants {type(default).__name__}, got {value!r}")
     if isinstance(default, float):
         value = float(value)
     node = cfg
@@ -189,10 +217,21 @@ def _set(cfg: dict[str, Any], key: str, value: Any, origin: str) -> None:
     for p in parents:
         node = node[p]
     node[leaf] = value
+    if origin != "defaults":
+        cfg.setdefault("_given", {})[key] = value
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Defaults <- YAML file <- `section.key=value` overrides (values parsed as YAML)."""
+def given_keys(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Flat keys set on the command line or in an explicitly passed --config (not the script's default)."""
+    return dict(cfg.get("_given", {}))
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None,
+                explicit: bool = True) -> dict[str, Any]:
+    """Defaults <- YAML file <- `section.key=value` overrides (values parsed as YAML).
+
+    Keys set by overrides (and by the file when `explicit`, i.e. not a script's default config) are
+    remembered under `cfg['_given']`: later stages compare them with the run record."""
     cfg = copy.deepcopy(DEFAULTS)
     if path is not None:
         p = Path(path)
@@ -201,20 +240,26 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
         try:
             data = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as e:
-            raise UserError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            what = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise UserError(f"config file {p} is not valid YAML{where}: {what}") from None
         if not isinstance(data, dict):
             raise UserError(f"config file {p} must hold a mapping of sections")
         for k, v in data.items():
-            _set(cfg, k, v, str(p))
+            _set(cfg, k, v, str(p) if explicit else "defaults")
     for item in overrides or []:
         if "=" not in item:
-            raise UserError(f"override {item!r} must look like section.key=value; valid keys: {', '.join(VALID_KEYS)}")
+            raise UserError(f"override {item!r} must look like section.key=value (e.g. train.epochs=10)")
         key, raw = item.split("=", 1)
+        key = key.strip()
         try:
             value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
-        _set(cfg, key.strip(), value, "command line")
+        if isinstance(flatten(DEFAULTS).get(key), str) and not isinstance(value, str):
+            value = raw  # string keys take the text as written (run=on is the run "on", not True)
+        _set(cfg, key, value, "command line")
     if not cfg["run"]:
         cfg["run"] = default_run_name(cfg)
     return cfg
@@ -226,28 +271,45 @@ def default_run_name(cfg: dict[str, Any]) -> str:
     noise = "clean" if n["kind"] == "none" else f"{n['kind']}{n['rate']:g}"
     if n["duplicates"]:
         noise += f"_dup{n['duplicates']}"
+    if n["kind"] != "none" or n["duplicates"]:
+        noise += f"_n{n['seed']}"
     return f"{name}_{m['name']}_{noise}_s{t['seed']}"
 
 
 # Keys that may differ between a run and its resumption without changing what it computes.
-_RESUME_FREE = ("run", "resume", "paths.", "data.root", "data.num_workers", "data.download", "train.epochs",
-                "train.checkpoint_every", "train.eval_batch_size", "score.", "localization.", "analysis.")
+_RESUME_FREE = ("run", "resume", "paths.", "data.root", "data.folder", "data.num_workers", "data.download",
+                "train.epochs", "train.max_steps", "train.checkpoint_every", "train.eval_batch_size", "train.stats",
+                "train.stats_every", "train.log_every", "train.compile", "score.", "localization.", "analysis.",
+                "spectrum.", "esm.")
 
 
-def identity_hash(cfg: dict[str, Any]) -> str:
-    """Hash of the keys that define a run (what must match when resuming)."""
-    flat = {k: v for k, v in _flatten(cfg).items() if not any(k == f or k.startswith(f) for f in _RESUME_FREE)}
+def identity_items(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The flat keys that define a run (what must match when resuming)."""
+    flat = {k: v for k, v in flatten(cfg).items() if not any(k == f or k.startswith(f) for f in _RESUME_FREE)}
     if not flat.get("model.etd_p_mem", 0.0):  # runs without example-tied dropout keep their pre-ETD identity
         for k in ("model.etd_p_gen", "model.etd_p_mem", "model.etd_seed", "model.etd_layers"):
             flat.pop(k, None)
-    return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:16]
+    if not flat.get("data.on_device", False):  # DataLoader-path runs keep their identity from before the key
+        flat.pop("data.on_device", None)
+    return flat
+
+
+def identity_hash(cfg: dict[str, Any]) -> str:
+    """Hash of `identity_items`."""
+    return hashlib.sha256(json.dumps(identity_items(cfg), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def identity_diff(a: dict[str, Any], b: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """{key: (a's value, b's value)} for the run-defining keys that differ."""
+    fa, fb = identity_items(a), identity_items(b)
+    return {k: (fa.get(k), fb.get(k)) for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)}
 
 
 def parse_args(default_config: str, argv: list[str] | None = None, description: str = "") -> dict[str, Any]:
     """Command line of every script: `[--config PATH] [section.key=value ...]`."""
-    parser = argparse.ArgumentParser(description=description, epilog="valid keys: " + ", ".join(VALID_KEYS))
+    parser = argparse.ArgumentParser(description=description, epilog="sections: " + ", ".join(DEFAULTS))
     default_config = str(REPO_ROOT / default_config)  # the scripts' own config, wherever they are run from
-    parser.add_argument("--config", default=default_config, help=f"YAML config (default {default_config})")
+    parser.add_argument("--config", default=None, help=f"YAML config (default {default_config})")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides")
     args = parser.parse_args(argv)
-    return load_config(args.config, args.overrides)
+    return load_config(args.config or default_config, args.overrides, explicit=args.config is not None)

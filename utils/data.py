@@ -28,20 +28,23 @@ DATASETS = ("digits", "cifar10", "cifar100", "imagenet", "imagefolder")
 
 # ----------------------------------------------------------------------------- transforms
 class TensorTransform:
-    """uint8 (C,H,W) -> float (C,H,W): optional pad-4 random crop + flip, then normalise."""
+    """uint8 (C,H,W) -> float (C,H,W): optional pad-`pad` random crop (pad=0: none) + flip, then normalise."""
 
-    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], augment: bool, scale: float = 255.0):
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], augment: bool, scale: float = 255.0,
+                 pad: int = 4):
         self.mean = torch.tensor(mean).view(-1, 1, 1)
         self.std = torch.tensor(std).view(-1, 1, 1)
-        self.augment, self.scale = augment, scale
+        self.augment, self.scale, self.pad = augment, scale, pad
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
         x = img.float() / self.scale
         if self.augment:
             _, h, w = x.shape
-            x = torch.nn.functional.pad(x, (4, 4, 4, 4))
-            i, j = torch.randint(0, 9, (2,)).tolist()
-            x = x[:, i:i + h, j:j + w]
+            p = self.pad
+            if p > 0:
+                x = torch.nn.functional.pad(x, (p, p, p, p))
+                i, j = torch.randint(0, 2 * p + 1, (2,)).tolist()
+                x = x[:, i:i + h, j:j + w]
             if torch.rand(()) < 0.5:
                 x = x.flip(-1)
         return (x - self.mean) / self.std
@@ -135,12 +138,15 @@ def _load_cifar(name: str, root: Path, download: bool) -> tuple[torch.Tensor, np
     cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
     sets = []
     for train in (True, False):
+        folder = "cifar-10-batches-py" if name == "cifar10" else "cifar-100-python"
         try:
             ds = cls(str(root), train=train, download=download)
         except RuntimeError:
-            folder = "cifar-10-batches-py" if name == "cifar10" else "cifar-100-python"
             raise UserError(f"{name} not found or corrupt under {root / folder}; run once with data.download=true "
                             "on a machine with a network, or point data.root / $DATA_ROOT at it") from None
+        except OSError as e:  # URLError and socket errors: no network
+            raise UserError(f"downloading {name} to {root} failed ({type(e).__name__}: offline?); download "
+                            f"{cls.url} elsewhere, unpack it to {root / folder}, and run with data.download=false") from None
         sets.append((torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), np.asarray(ds.targets)))
     (xtr, ytr), (xte, yte) = sets
     return xtr, ytr, xte, yte, list(ds.classes)
@@ -193,6 +199,19 @@ def _test_split(base: Path) -> Path:
 
 
 # ----------------------------------------------------------------------------- build
+def stratified_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Sorted indices of a seeded, class-stratified subset of `n` of `labels` (N,).
+
+    Each class keeps its share of `n` (largest remainders), drawn at random with `seed`."""
+    classes, counts = np.unique(labels, return_counts=True)
+    share = counts * n / counts.sum()
+    take = np.floor(share).astype(int)
+    take[np.argsort(-(share - take), kind="stable")[: n - take.sum()]] += 1
+    rng = np.random.default_rng(seed)
+    keep = [rng.choice(np.flatnonzero(labels == c), t, replace=False) for c, t in zip(classes, take)]
+    return np.sort(np.concatenate(keep))
+
+
 def build_data(cfg: dict[str, Any]) -> DataBundle:
     """Load the configured dataset, apply label noise and duplicates, and build the datasets."""
     d, nz = cfg["data"], cfg["noise"]
@@ -205,7 +224,7 @@ def build_data(cfg: dict[str, Any]) -> DataBundle:
         mk = lambda aug: TensorTransform(mean, std, augment=False, scale=16.0)  # noqa: E731
     elif name in ("cifar10", "cifar100"):
         xtr, ytr, xte, yte, classes = _load_cifar(name, data_root(cfg), d["download"])
-        mk = lambda aug: TensorTransform(CIFAR_MEAN[name], CIFAR_STD[name], aug)  # noqa: E731
+        mk = lambda aug: TensorTransform(CIFAR_MEAN[name], CIFAR_STD[name], aug, pad=d["crop_pad"])  # noqa: E731
     else:
         base = _folder_dir(cfg)
         ptr, ytr, classes = _scan_folder(base / "train")
@@ -216,13 +235,17 @@ def build_data(cfg: dict[str, Any]) -> DataBundle:
             size = d["image_size"] or 32
             xtr, xte = _decode_all(ptr, size), _decode_all(pte, size)
             mean, std = CIFAR_MEAN["cifar10"], CIFAR_STD["cifar10"]
-            mk = lambda aug: TensorTransform(mean, std, aug)  # noqa: E731
+            mk = lambda aug: TensorTransform(mean, std, aug, pad=d["crop_pad"])  # noqa: E731
         else:
             xtr, xte = ptr, pte
             size = d["image_size"] or 224
             mk = lambda aug: _imagenet_transform(aug, size)  # noqa: E731
-    if d["subset"] > 0:
-        xtr, ytr = xtr[: d["subset"]], ytr[: d["subset"]]
+    if d["subset"] < 0:
+        raise UserError(f"data.subset={d['subset']} must be >= 0 (0 = the whole training set)")
+    if 0 < d["subset"] < len(ytr):
+        keep = stratified_subset(np.asarray(ytr), d["subset"], d["subset_seed"])
+        xtr = xtr[torch.from_numpy(keep)] if isinstance(xtr, torch.Tensor) else [xtr[i] for i in keep]
+        ytr = np.asarray(ytr)[keep]
     ytr, yte = np.asarray(ytr, np.int64), np.asarray(yte, np.int64)
     k = len(classes)
 
@@ -297,11 +320,6 @@ class GlobalBatchSampler(torch.utils.data.Sampler):
 def make_loader(ds: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0, rank: int = 0, world: int = 1,
                 num_workers: int = 0) -> torch.utils.data.DataLoader:
     sampler = GlobalBatchSampler(len(ds), batch_size, rank, world, shuffle, seed)
+    # persistent_workers=False: new workers every epoch, seeded from the epoch's reseeded RNG (exact resume)
     return torch.utils.data.DataLoader(ds, batch_sampler=sampler, num_workers=num_workers,
-                                       pin_memory=torch.cuda.is_available(), persistent_workers=num_workers > 0)
-
-
-def shard_range(n: int, rank: int, world: int) -> range:
-    """Contiguous block of [0, n) owned by `rank` (for sharded evaluation and scoring)."""
-    per = -(-n // world)
-    return range(min(rank * per, n), min((rank + 1) * per, n))
+                                       pin_memory=torch.cuda.is_available(), persistent_workers=False)

@@ -1,12 +1,16 @@
-"""torchrun / DDP set-up (NCCL on CUDA, gloo on CPU), rank-0 helpers, gathering of shards."""
+"""torchrun / DDP set-up (NCCL on CUDA, gloo on CPU), rank-0 decisions broadcast, the sharded map over a data set."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
 
 
 @dataclass
@@ -52,24 +56,70 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def gather_shards(local: torch.Tensor, n: int) -> torch.Tensor:
-    """Concatenate contiguous per-rank shards (see data.shard_range) into the full (n, ...) tensor
-    on every rank. Shards may differ in length; they are padded for the collective."""
-    if not (dist.is_initialized() and dist.get_world_size() > 1):
-        return local
-    world = dist.get_world_size()
-    per = -(-n // world)
-    pad = torch.zeros((per, *local.shape[1:]), dtype=local.dtype, device=local.device)
-    pad[: len(local)] = local
-    parts = [torch.empty_like(pad) for _ in range(world)]
-    dist.all_gather(parts, pad)
-    return torch.cat(parts)[:n]
-
-
 def broadcast_object(obj: object) -> object:
-    """Rank 0's Python object on every rank."""
+    """Rank 0's Python object on every rank: rank 0 decides (lists a directory, checks a file), all follow."""
     if not (dist.is_initialized() and dist.get_world_size() > 1):
         return obj
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def shard_range(n: int, rank: int, world: int) -> range:
+    """Contiguous block of [0, n) owned by `rank`."""
+    per = -(-n // world)
+    return range(min(rank * per, n), min((rank + 1) * per, n))
+
+
+def batch_rows(n: int, batch_size: int, rank: int, world: int) -> range:
+    """Rows of this rank's contiguous block of the global batches [k*bs, (k+1)*bs) of n samples: every
+    sample is computed in the same batch whatever the number of ranks (bit-identical shards)."""
+    b = shard_range(-(-n // batch_size), rank, world)
+    return range(b.start * batch_size, min(b.stop * batch_size, n))
+
+
+def sharded_map(dataset: Any, fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], dict[str, torch.Tensor]],
+                d: Dist, batch_size: int, *, desc: str = "", num_workers: int = 0, progress: bool = False,
+                on_batch: Callable[[], None] | None = None) -> dict[str, torch.Tensor]:
+    """Apply `fn(index, x, y) -> {name: (B, ...)}` to this rank's batches of `dataset` and return the full
+    (N, ...) tensors (CPU, index order) on every rank.
+
+    Ranks split the data set at batch boundaries (`batch_rows`), so results do not depend on the number
+    of ranks. A rank with no rows still joins every collective with empty tensors of the right dtype and
+    shape (taken from a rank that has rows). A data set with a `device_batch(index) -> (x, y)` method
+    (`utils.device_data.DeviceDataset`) makes its batches on the device, without a DataLoader."""
+    n = len(dataset)
+    rows = batch_rows(n, batch_size, d.rank, d.world)
+    device_batch = getattr(dataset, "device_batch", None)
+    loader: Any
+    if device_batch is not None:
+        index = torch.arange(rows.start, rows.stop, dtype=torch.int64, device=d.device)
+        loader = ((i, *device_batch(i)) for i in index.split(batch_size))
+    else:
+        loader = DataLoader(Subset(dataset, list(rows)), batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                            pin_memory=d.device.type == "cuda")
+    parts: dict[str, list[torch.Tensor]] = {}
+    for idx, x, y in tqdm(loader, desc=desc, disable=not (progress and d.is_main), leave=False):
+        out = fn(idx.to(d.device), x.to(d.device, non_blocking=True), y.to(d.device, non_blocking=True))
+        for k, v in out.items():
+            parts.setdefault(k, []).append(v.detach())
+        if on_batch is not None:
+            on_batch()
+    local = {k: torch.cat(v) for k, v in parts.items()}
+    if d.world == 1:
+        return {k: v.cpu() for k, v in local.items()}
+    spec = {k: (str(v.dtype), tuple(v.shape[1:])) for k, v in local.items()}
+    specs = [None] * d.world
+    dist.all_gather_object(specs, spec)
+    spec = next((s for s in specs if s), {})
+    lengths = [len(batch_rows(n, batch_size, r, d.world)) for r in range(d.world)]
+    result = {}
+    for k, (dtype, shape) in sorted(spec.items()):
+        dt = getattr(torch, dtype.replace("torch.", ""))
+        mine = local.get(k, torch.empty((0, *shape), dtype=dt, device=d.device))
+        pad = torch.zeros((max(lengths), *shape), dtype=dt, device=d.device)
+        pad[: len(mine)] = mine
+        gathered = [torch.empty_like(pad) for _ in range(d.world)]
+        dist.all_gather(gathered, pad)
+        result[k] = torch.cat([g[:m] for g, m in zip(gathered, lengths)]).cpu()
+    return result

@@ -1,54 +1,49 @@
-"""Sharded per-sample passes over a dataset (evaluation, training statistics, scoring)."""
+"""Per-sample evaluation passes (training statistics, test accuracy, predictions); logits in fp32."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Iterator
 
 import torch
-from torch.utils.data import DataLoader, Subset
-from tqdm import tqdm
 
-from .data import shard_range
-from .distributed import Dist, gather_shards
+from .distributed import Dist, sharded_map
 from .models import forward, per_sample_loss
 
 
-def sharded_map(dataset, fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], dict[str, torch.Tensor]],
-                dist: Dist, batch_size: int, desc: str = "", num_workers: int = 0,
-                progress: bool = True) -> dict[str, torch.Tensor]:
-    """Apply `fn(index, x, y) -> {name: (B, ...)}` to this rank's contiguous shard of `dataset`
-    and return the full (N, ...) arrays (on CPU) on every rank, in index order."""
-    n = len(dataset)
-    shard = shard_range(n, dist.rank, dist.world)
-    loader = DataLoader(Subset(dataset, list(shard)), batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        pin_memory=dist.device.type == "cuda")
-    parts: dict[str, list[torch.Tensor]] = {}
-    for idx, x, y in tqdm(loader, desc=desc, disable=not (progress and dist.is_main), leave=False):
-        out = fn(idx.to(dist.device), x.to(dist.device, non_blocking=True), y.to(dist.device, non_blocking=True))
-        for k, v in out.items():
-            parts.setdefault(k, []).append(v.detach())
-    result = {}
-    for k, v in parts.items():
-        local = torch.cat(v) if v else torch.empty(0)
-        result[k] = gather_shards(local, n).cpu()
-    return result
-
-
 def autocast(device: torch.device, enabled: bool = True):
-    """bf16 autocast on CUDA, a no-op context on CPU."""
+    """bf16 autocast on CUDA (training forward passes), a no-op context on CPU."""
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
 
 
+@contextlib.contextmanager
+def fp32(device: torch.device | None = None) -> Iterator[None]:
+    """Full fp32: autocast off and TF32 off (matmul and cuDNN) inside, restored afterwards.
+
+    Every estimator that differences or squares small quantities (finite differences, Hessian-vector
+    products, per-sample losses and margins) runs inside: TF32 rounds matmul inputs to 10 mantissa bits."""
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        with torch.autocast("cuda", enabled=False), torch.autocast("cpu", enabled=False):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+
+
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, dataset, dist: Dist, batch_size: int = 512, amp: bool = True,
-             keep_logits: bool = False, desc: str = "eval", progress: bool = False) -> dict[str, torch.Tensor]:
+def evaluate(model: torch.nn.Module, dataset, dist: Dist, batch_size: int = 512, keep_logits: bool = False,
+             desc: str = "eval", progress: bool = False, num_workers: int = 0) -> dict[str, torch.Tensor]:
     """Per-sample `loss`, `correct` (w.r.t. the dataset's given label), `margin` (given-label logit
-    minus the largest other logit) and optionally `logits`, all (N, ...) in index order."""
+    minus the largest other logit) and optionally `logits`, all (N, ...) in index order.
+
+    Always fp32 without TF32 (never under bf16 autocast): per-sample losses and margins are what the
+    baselines rank by, and bf16 logits quantize them and flip ties."""
     was_training = model.training
     model.eval()
 
     def fn(idx, x, y):
-        with autocast(dist.device, amp):
+        with fp32(dist.device):
             logits = forward(model, x).float()
         other = logits.scatter(1, y[:, None], float("-inf")).amax(1)
         given = logits.gather(1, y[:, None]).squeeze(1)
@@ -57,6 +52,22 @@ def evaluate(model: torch.nn.Module, dataset, dist: Dist, batch_size: int = 512,
             out["logits"] = logits
         return out
 
-    out = sharded_map(dataset, fn, dist, batch_size, desc=desc, progress=progress)
+    out = sharded_map(dataset, fn, dist, batch_size, desc=desc, progress=progress, num_workers=num_workers)
     model.train(was_training)
+    return out
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, dataset, dist: Dist, batch_size: int = 512, with_index: bool = False,
+            num_workers: int = 0) -> torch.Tensor:
+    """Predicted classes (N,) in index order; `with_index` passes the example indices to the model."""
+    was = model.training
+    model.eval()
+
+    def fn(idx, x, y):
+        with fp32(dist.device):
+            return {"pred": forward(model, x, idx if with_index else None).argmax(1)}
+
+    out = sharded_map(dataset, fn, dist, batch_size, num_workers=num_workers)["pred"]
+    model.train(was)
     return out

@@ -7,6 +7,7 @@ logits (B, num_classes).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import torch
@@ -236,3 +237,14 @@ def forward(model: nn.Module, x: torch.Tensor, index: torch.Tensor | None = None
 def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy per sample (B,), in float32 even under autocast (float64 logits stay float64)."""
     return F.cross_entropy(logits if logits.dtype == torch.float64 else logits.float(), labels, reduction="none")
+
+
+def double_backward_attention() -> contextlib.AbstractContextManager:
+    """Attention kernels whose backward is twice differentiable (the fused flash / memory-efficient
+    scaled-dot-product kernels are not): needed by every Hessian-vector product through a ViT."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        return sdpa_kernel(SDPBackend.MATH)
+    except ImportError:  # pragma: no cover - older torch
+        return contextlib.nullcontext()

@@ -1,78 +1,52 @@
-"""The training loop: DDP/torchrun or one process, bf16 autocast + channels-last on CUDA,
-per-epoch atomic checkpoints (epoch 0 = initialisation), per-sample statistics, resume.
+"""The training loop: DDP/torchrun (SyncBatchNorm) or one process, bf16 autocast + channels-last on CUDA,
+atomic per-epoch checkpoints (epoch 0 = initialisation), per-sample statistics, exact resume.
 
-Extension points for other modules (gradient accounting, spectra at given steps) are
-`Callback` objects; the loop itself never learns about them.
+Writes the run record (`utils.runs`): run.json + record.npz once, epoch_XXX.pt every
+`train.checkpoint_every` epochs, resume.pt every epoch, stats/epoch_XXX.npz every `train.stats_every`
+epochs and train_stats.npz at the end. Rank 0 decides everything that depends on the file system
+(fresh run or resume, and from where) and broadcasts it. Extension points (online curvature scoring,
+gradient accounting, spectra at given steps) are `utils.callbacks.Callback` objects.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as tdist
 from torch import nn
 from tqdm import tqdm
 
-from .checkpoint import (
-    checkpoint_path,
-    list_checkpoints,
-    load_checkpoint,
-    record_to_numpy,
-    run_dir,
-    save_checkpoint,
-    save_npz,
-)
+from .callbacks import Callback, TrainState
 from .config import identity_hash
-from .data import DataBundle, build_data, make_loader
-from .distributed import Dist, all_reduce_sum, barrier, setup
+from .curvature.scoring import OnlineScorer
+from .data import build_data, make_loader
+from .device_data import device_loader
+from .distributed import Dist, all_reduce_sum, barrier, broadcast_object, setup
 from .errors import UserError
 from .evaluate import autocast, evaluate
-from .example_tied_dropout import wrap_if_configured
-from .models import build_model, forward, per_sample_loss
+from .io import save_npz
+from .models import forward, per_sample_loss
+from .runs import (
+    checkpoint_path,
+    describe_diff,
+    list_checkpoints,
+    load_checkpoint,
+    load_stats,
+    model_for,
+    read_run_record,
+    run_dir,
+    save_checkpoint,
+    stats_path,
+    write_run_record,
+)
 
-
-@dataclass
-class TrainState:
-    cfg: dict[str, Any]
-    dist: Dist
-    data: DataBundle
-    model: nn.Module  # the bare model (what checkpoints hold)
-    net: nn.Module  # what forward passes use: the DDP wrapper or the model itself
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    epoch: int = 0
-    step: int = 0
-    stop: bool = False  # a callback may set this to end training after the current step
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-class Callback:
-    """Hooks into the loop; override what you need. `losses` are per-sample (B,), before backward."""
-
-    def on_train_start(self, state: TrainState) -> None: ...
-    def on_batch_loss(self, state: TrainState, losses: torch.Tensor, index: torch.Tensor, loss: torch.Tensor) -> None: ...
-    def on_step_end(self, state: TrainState) -> None: ...
-    def on_epoch_end(self, state: TrainState, metrics: dict[str, Any]) -> None: ...
-
-
-def model_for(cfg: dict[str, Any], record: dict[str, Any]) -> nn.Module:
-    """Build the configured model for a dataset record (no weights loaded)."""
-    m = cfg["model"]
-    model = build_model(m["name"], record["num_classes"], record["in_channels"], record["image_size"],
-                        m["width"], m["activation"])
-    return wrap_if_configured(model, m)  # example-tied dropout when model.etd_p_mem > 0
-
-
-def load_model(ckpt: dict[str, Any], device: torch.device | str = "cpu") -> nn.Module:
-    """The model of a checkpoint, weights loaded, in eval mode."""
-    model = model_for(ckpt["config"], ckpt["record"])
-    model.load_state_dict(ckpt["model"])
-    return model.to(device).eval()
+__all__ = ["Callback", "TrainState", "train", "main"]
 
 
 def _optimizer(cfg: dict[str, Any], model: nn.Module) -> torch.optim.Optimizer:
@@ -81,11 +55,24 @@ def _optimizer(cfg: dict[str, Any], model: nn.Module) -> torch.optim.Optimizer:
                            nesterov=t["nesterov"])
 
 
+def _scheduler(cfg: dict[str, Any], optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step schedule: linear warm-up over `train.warmup_epochs`, then x gamma at each milestone epoch."""
+    t = cfg["train"]
+    warm = max(1, round(t["warmup_epochs"] * steps_per_epoch))
+    marks = [m * steps_per_epoch for m in sorted(t["milestones"])]
+
+    def factor(step: int) -> float:
+        f = t["gamma"] ** sum(step >= m for m in marks)
+        return f * min(1.0, (step + 1) / warm) if t["warmup_epochs"] > 0 else f
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 def _epoch_metrics(stats: dict[str, torch.Tensor], test: dict[str, torch.Tensor], record: dict[str, Any]) -> dict[str, float]:
-    noisy = record["is_noisy"].numpy()
-    corr = stats["correct"].numpy() if stats else None
     out = {"test_loss": float(test["loss"].mean()), "test_acc": float(test["correct"].float().mean())}
-    if corr is not None:
+    if stats:
+        noisy = record["is_noisy"].numpy()
+        corr = stats["correct"].numpy()
         out["train_loss"] = float(stats["loss"].mean())
         out["train_acc"] = float(corr.mean())
         out["clean_acc"] = float(corr[~noisy].mean()) if (~noisy).any() else float("nan")
@@ -93,170 +80,202 @@ def _epoch_metrics(stats: dict[str, torch.Tensor], test: dict[str, torch.Tensor]
     return out
 
 
-def _write_stats(path: Path, rows: list[dict[str, Any]], record: dict[str, Any]) -> None:
-    save_npz(
-        path,
-        epochs=np.array([r["epoch"] for r in rows], np.int64),
-        loss=np.stack([r["loss"] for r in rows]).astype(np.float32),
-        correct=np.stack([r["correct"] for r in rows]).astype(bool),
-        margin=np.stack([r["margin"] for r in rows]).astype(np.float32),
-        test_loss=np.array([r["test_loss"] for r in rows], np.float32),
-        test_acc=np.array([r["test_acc"] for r in rows], np.float32),
-        **record_to_numpy(record),
-    )
+def _describe(recorded: dict[str, Any], cfg: dict[str, Any]) -> str:
+    return describe_diff(recorded, cfg) or "keys outside data/noise/model/train"
 
 
-def _load_stats(path: Path, upto: int) -> list[dict[str, Any]]:
-    if upto == 0:
-        return []
-    if not path.is_file():
-        raise UserError(f"{path} is missing but checkpoints exist; delete the run directory to retrain")
-    with np.load(path, allow_pickle=False) as z:
-        keep = z["epochs"] <= upto
-        return [{"epoch": int(e), "loss": z["loss"][i], "correct": z["correct"][i], "margin": z["margin"][i],
-                 "test_loss": float(z["test_loss"][i]), "test_acc": float(z["test_acc"][i])}
-                for i, e in enumerate(z["epochs"]) if keep[i]]
+def _decide_start(cfg: dict[str, Any], rdir: Path, ident: str) -> tuple[str, Any]:
+    """Rank 0: ("fresh", None), ("resume", resume-state dict) or ("error", message)."""
+    try:
+        if not list_checkpoints(rdir):
+            return "fresh", None
+        if not cfg["resume"]:
+            return "error", f"{rdir} already holds checkpoints; pass resume=true to continue it or run=<new name>"
+        recorded, _, rec_ident = read_run_record(rdir)
+        if rec_ident != ident:
+            return "error", (f"run {cfg['run']!r} in {rdir} was trained with another config ({_describe(recorded, cfg)}); "
+                             "to continue it, repeat its overrides; for a new run pass run=<new name>")
+        path = rdir / "resume.pt"
+        if not path.is_file():  # format-1 runs resume from their newest checkpoint
+            path = list_checkpoints(rdir)[-1][1]
+        state = load_checkpoint(path)
+        if "optimizer" not in state:
+            return "error", f"{path} holds no optimizer state, so {rdir} cannot be resumed; train a new run=<name>"
+        return "resume", state
+    except UserError as e:
+        return "error", str(e)
 
 
-def _resume(state: TrainState, rdir: Path, ident: str) -> int:
-    """Load the newest checkpoint into `state`; return its epoch (0 if there is none)."""
-    ckpts = list_checkpoints(rdir)
-    if not ckpts:
-        return -1
-    if not state.cfg["resume"]:
-        raise UserError(f"{rdir} already holds checkpoints; pass resume=true to continue it or run=<new name>")
-    epoch, path = ckpts[-1]
-    ckpt = load_checkpoint(path)
-    if ckpt.get("identity") != ident:
-        raise UserError(f"{path} was written by a different config (data/noise/model/train keys differ); "
-                        f"use another run=<name> or delete {rdir}")
-    if not torch.equal(ckpt["record"]["given_labels"], state.data.record["given_labels"]):
-        raise UserError(f"{path} holds other labels than this dataset gives; use another run=<name> or delete {rdir}")
-    state.model.load_state_dict(ckpt["model"])
-    state.optimizer.load_state_dict(ckpt["optimizer"])
-    state.scheduler.load_state_dict(ckpt["scheduler"])
-    state.epoch, state.step = int(ckpt["epoch"]), int(ckpt["step"])
-    return epoch
+def _sync_buffers(model: nn.Module, dist: Dist) -> None:
+    """Rank 0's BatchNorm statistics (and other buffers) on every rank before evaluating / saving."""
+    if dist.world > 1:
+        for b in model.buffers():
+            tdist.broadcast(b, 0)
 
 
-def _save(state: TrainState, rdir: Path, ident: str, metrics: dict[str, Any]) -> None:
-    save_checkpoint(checkpoint_path(rdir, state.epoch), {
-        "model": state.model.state_dict(),
-        "optimizer": state.optimizer.state_dict(),
-        "scheduler": state.scheduler.state_dict(),
-        "rng": {"torch": torch.get_rng_state()},
-        "epoch": state.epoch,
-        "step": state.step,
-        "config": state.cfg,
-        "identity": ident,
-        "record": state.data.record,
-        "metrics": metrics,
-    })
+def _save(state: TrainState, rdir: Path, ident: str, metrics: dict[str, Any], keep_epoch: bool) -> None:
+    """resume.pt (weights + optimizer + scheduler) every epoch; epoch_XXX.pt (weights) when `keep_epoch`."""
+    head = {"epoch": state.epoch, "step": state.step, "model": state.model.state_dict()}
+    save_checkpoint(rdir / "resume.pt", {**head, "optimizer": state.optimizer.state_dict(),
+                                         "scheduler": state.scheduler.state_dict(), "identity": ident})
+    if keep_epoch:
+        save_checkpoint(checkpoint_path(rdir, state.epoch), {**head, "metrics": metrics})
 
 
-def train(cfg: dict[str, Any], callbacks: list[Callback] | tuple = ()) -> Path:
-    """Train the configured run; returns its directory `pretrained/<run>/`."""
-    dist = setup()
+def _write_stats(rdir: Path, epoch: int, stats: dict[str, torch.Tensor], metrics: dict[str, Any]) -> None:
+    save_npz(stats_path(rdir, epoch), epoch=np.int64(epoch), loss=stats["loss"].numpy().astype(np.float32),
+             correct=stats["correct"].numpy().astype(bool), margin=stats["margin"].numpy().astype(np.float32),
+             test_loss=np.float32(metrics["test_loss"]), test_acc=np.float32(metrics["test_acc"]))
+
+
+def _build(cfg: dict[str, Any], dist: Dist) -> tuple[TrainState, Any]:
     t = cfg["train"]
     torch.manual_seed(t["seed"])
     data = build_data(cfg)
     torch.manual_seed(t["seed"])  # the initialisation depends on train.seed only
-    model = model_for(cfg, data.record).to(dist.device)
+    model = model_for(cfg, data.record)
+    if dist.world > 1 and t["sync_bn"]:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # BN statistics of the global batch
+    model = model.to(dist.device)
     if dist.device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest convolution algorithms once
+    if cfg["data"]["on_device"]:  # uint8 images on the device, batches cropped / flipped there (utils.device_data)
+        data, loader = device_loader(data, t["batch_size"], seed=t["seed"], rank=dist.rank, world=dist.world,
+                                     device=dist.device)
+    else:
+        loader = make_loader(data.train, t["batch_size"], shuffle=True, seed=t["seed"], rank=dist.rank,
+                             world=dist.world, num_workers=cfg["data"]["num_workers"])
     optimizer = _optimizer(cfg, model)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, t["milestones"], t["gamma"])
+    scheduler = _scheduler(cfg, optimizer, len(loader))
     net = model
     if dist.world > 1:
         ids = [dist.local_rank] if dist.device.type == "cuda" else None
         net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    state = TrainState(cfg, dist, data, model, net, optimizer, scheduler)
-    rdir, ident = run_dir(cfg), identity_hash(cfg)
-    stats_path, log_path = rdir / "train_stats.npz", Path(cfg["paths"]["logs"]) / f"{cfg['run']}.jsonl"
+    if t["compile"]:  # the training forward only; evaluation and scoring (double backward) use the eager model
+        net = torch.compile(net)
+    return TrainState(cfg, dist, data, model, net, optimizer, scheduler), loader
 
-    start = _resume(state, rdir, ident)
-    rows = _load_stats(stats_path, max(start, 0))
-    if start < 0:
-        if dist.is_main:
-            _save(state, rdir, ident, {})
-        start = 0
+
+def _check(cfg: dict[str, Any]) -> None:
+    t = cfg["train"]
+    if t["epochs"] < 1 and t["max_steps"] < 1:
+        raise UserError(f"train.epochs={t['epochs']}: train at least one epoch (or set train.max_steps > 0)")
+    for key in ("batch_size", "checkpoint_every", "stats_every", "log_every", "eval_batch_size"):
+        if t[key] < 1:
+            raise UserError(f"train.{key} must be >= 1, got {t[key]}")
+
+
+def train(cfg: dict[str, Any], callbacks: list[Callback] | tuple = ()) -> Path:
+    """Train the configured run; returns its directory `pretrained/<run>/`."""
+    _check(cfg)
+    dist = setup()
+    t = cfg["train"]
+    state, loader = _build(cfg, dist)
+    model, optimizer, data = state.model, state.optimizer, state.data
+    rdir, ident = run_dir(cfg), identity_hash(cfg)
+    log_path = Path(cfg["paths"]["logs"]) / f"{cfg['run']}.jsonl"
+    steps_per_epoch = len(loader)
+    epochs = math.ceil(t["max_steps"] / steps_per_epoch) if t["max_steps"] else t["epochs"]
+    total_steps = t["max_steps"] or epochs * steps_per_epoch
+
+    kind, payload = broadcast_object(_decide_start(cfg, rdir, ident) if dist.is_main else None)
+    if kind == "error":
+        raise UserError(payload)
+    if kind == "resume":
+        model.load_state_dict(payload["model"])
+        optimizer.load_state_dict(payload["optimizer"])
+        state.scheduler.load_state_dict(payload["scheduler"])
+        state.epoch, state.step = int(payload["epoch"]), int(payload["step"])
+    elif dist.is_main:
+        write_run_record(rdir, cfg, data.record, ident)
+        _save(state, rdir, ident, {}, keep_epoch=True)
     barrier()
+    if dist.is_main and kind == "resume":
+        print(f"resuming {cfg['run']} from epoch {state.epoch} (step {state.step})", flush=True)
+    callbacks = list(callbacks) + ([OnlineScorer(cfg)] if cfg["score"]["online"] else [])
     for cb in callbacks:
         cb.on_train_start(state)
 
-    loader = make_loader(data.train, t["batch_size"], shuffle=True, seed=t["seed"], rank=dist.rank,
-                         world=dist.world, num_workers=cfg["data"]["num_workers"])
-    amp = t["amp"]
-    epochs = t["epochs"]
-    bar = tqdm(total=epochs * len(loader), initial=start * len(loader), desc=cfg["run"], disable=not dist.is_main,
+    bar = tqdm(total=total_steps, initial=min(state.step, total_steps), desc=cfg["run"], disable=not dist.is_main,
                dynamic_ncols=True)
-    for epoch in range(start + 1, epochs + 1):
-        if state.stop:
+    k, workers = t["log_every"], cfg["data"]["num_workers"]
+    for epoch in range(state.epoch + 1, epochs + 1):
+        if state.stop or state.step >= total_steps:
             break
         t0 = time.time()
-        torch.manual_seed(t["seed"] * 7919 + epoch)  # augmentation / dropout stream, fixed per epoch
+        torch.manual_seed(t["seed"] * 7919 + epoch)  # augmentation / dropout / worker seeds, fixed per epoch
         loader.batch_sampler.set_epoch(epoch)
         sizes = [len(b) for b in loader.batch_sampler.global_batches()]
         model.train()
-        running = torch.zeros(2, dtype=torch.float64, device=dist.device)
-        for (idx, x, y), gsize in zip(loader, sizes):
-            idx, y = idx.to(dist.device), y.to(dist.device)
+        running = torch.zeros(2, dtype=torch.float64, device=dist.device)  # (loss sum, count) on the device
+        for i, ((idx, x, y), gsize) in enumerate(zip(loader, sizes)):
+            idx, y = idx.to(dist.device, non_blocking=True), y.to(dist.device, non_blocking=True)
             x = x.to(dist.device, non_blocking=True)
             if dist.device.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
-            with autocast(dist.device, amp):
-                losses = per_sample_loss(forward(net, x, idx), y)
+            with autocast(dist.device, t["amp"]):
+                losses = per_sample_loss(forward(state.net, x, idx), y)
             loss = losses.sum() * (dist.world / gsize)
             for cb in callbacks:
                 cb.on_batch_loss(state, losses, idx, loss)
-            count = torch.tensor(len(y), device=dist.device, dtype=torch.float64)
-            step_sum = all_reduce_sum(torch.stack([losses.detach().sum().double(), count]))
-            if not torch.isfinite(step_sum[0]):
-                last = list_checkpoints(rdir)[-1][1]
-                raise UserError(f"non-finite loss at epoch {epoch} step {state.step + 1}; last good checkpoint {last}; "
-                                "lower train.lr (or set train.amp=false)")
+            running[0] += losses.detach().sum().double()
+            running[1] += len(y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            state.scheduler.step()
             state.step += 1
-            running += step_sum
-            bar.update(1)
-            bar.set_postfix(loss=f"{float(running[0] / running[1]):.3f}", refresh=False)
+            if (i + 1) % k == 0 or i + 1 == len(sizes):  # one host sync every k steps
+                mean = float(running[0] / running[1])
+                if not math.isfinite(mean):
+                    last = list_checkpoints(rdir)[-1][1]
+                    bar.close()
+                    raise UserError(f"non-finite loss in epoch {epoch} (by step {state.step}); last good checkpoint "
+                                    f"{last}; lower train.lr (or set train.amp=false)")
+                bar.update(min(state.step, total_steps) - bar.n)
+                bar.set_postfix(loss=f"{mean:.3f}", refresh=False)
             for cb in callbacks:
                 cb.on_step_end(state)
-            if t["max_steps"] and state.step >= t["max_steps"]:
+            if state.step >= total_steps:
                 state.stop = True
             if state.stop:
                 break
-        scheduler.step()
         state.epoch = epoch
-
+        _sync_buffers(model, dist)
         bs = t["eval_batch_size"]
-        stats = evaluate(model, data.train_eval, dist, bs, amp, desc="stats") if t["stats"] else {}
-        test = evaluate(model, data.test, dist, bs, amp, desc="test")
+        last_epoch = state.stop or epoch == epochs
+        want_stats = t["stats"] and (epoch % t["stats_every"] == 0 or last_epoch)
+        stats = evaluate(model, data.train_eval, dist, bs, desc="stats", num_workers=workers) if want_stats else {}
+        test = evaluate(model, data.test, dist, bs, desc="test", num_workers=workers)
+        all_reduce_sum(running)  # one all-reduce per epoch
         metrics = {"epoch": epoch, "step": state.step, "lr": optimizer.param_groups[0]["lr"],
-                   "aug_loss": float(running[0] / max(running[1], 1)), **_epoch_metrics(stats, test, data.record),
-                   "time": time.time() - t0}
+                   "aug_loss": float(running[0] / max(float(running[1]), 1)),
+                   **_epoch_metrics(stats, test, data.record), "time": time.time() - t0}
         if dist.is_main:
             if stats:
-                rows.append({"epoch": epoch, "loss": stats["loss"].numpy(), "correct": stats["correct"].numpy(),
-                             "margin": stats["margin"].numpy(), "test_loss": metrics["test_loss"],
-                             "test_acc": metrics["test_acc"]})
-                _write_stats(stats_path, rows, data.record)
-            if epoch % t["checkpoint_every"] == 0 or epoch == epochs or state.stop:
-                _save(state, rdir, ident, metrics)
+                _write_stats(rdir, epoch, stats, metrics)
+            _save(state, rdir, ident, metrics, keep_epoch=epoch % t["checkpoint_every"] == 0 or last_epoch)
             log_path.parent.mkdir(parents=True, exist_ok=True)
             with open(log_path, "a") as f:
                 f.write(json.dumps(metrics) + "\n")
-            msg = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
-            bar.write(msg)
+            bar.write(" ".join(f"{k_}={v:.4g}" if isinstance(v, float) else f"{k_}={v}" for k_, v in metrics.items()))
         for cb in callbacks:
             cb.on_epoch_end(state, metrics)
         barrier()
     bar.close()
+    if dist.is_main and t["stats"] and (rdir / "stats").is_dir():
+        save_npz(rdir / "train_stats.npz", **load_stats(rdir))  # all epochs in one file, written once
+    barrier()
     return rdir
 
 
 def main(cfg: dict[str, Any]) -> None:
-    """Entry point of the train_*.py scripts."""
-    train(cfg)
+    """Entry point of the train_*.py scripts: trains, then prints where everything went."""
+    rdir = train(cfg)
+    if setup().is_main:
+        log = Path(cfg["paths"]["logs"]) / f"{cfg['run']}.jsonl"
+        last = json.loads(log.read_text().splitlines()[-1]) if log.is_file() and log.read_text() else {}
+        acc = " ".join(f"{k}={last[k]:.4f}" for k in ("clean_acc", "noisy_acc", "test_acc") if k in last)
+        print(f"trained {cfg['run']}: epoch {last.get('epoch', '?')} {acc}\n"
+              f"written: {rdir}/ (run.json, record.npz, epoch_*.pt, resume.pt, stats/, train_stats.npz), {log}")

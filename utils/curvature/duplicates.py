@@ -11,16 +11,17 @@ A pair is reported when it is near-identical in either space and the given label
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from ..errors import UserError
+from ..io import load_npz, write_table, write_text
+from ..runs import Run, open_run
 from . import plots
-from .analysis import load_scores, raw_images, run_config, write_csv
-from .checkpoint import atomic_write, list_checkpoints, load_checkpoint, run_dir, score_dir
-from .errors import UserError
+from .analysis import SCORE_FILE, raw_images
+from .ensemble import default_device
 
 PAIR_KEYS = ("i", "j", "given_i", "given_j", "pixel_rms", "feature_cos", "found_by")
 
@@ -103,37 +104,30 @@ def find_conflicting_pairs(pixels: np.ndarray | torch.Tensor, labels: np.ndarray
 
 
 @torch.no_grad()
-def checkpoint_features(path: Path, ds: Any, batch_size: int = 512) -> torch.Tensor:
-    """Penultimate features (N, F) of a checkpoint's model (`model.features(x)`) on a dataset."""
-    from .train import load_model
-
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_model(load_checkpoint(path), device)
+def checkpoint_features(run: Run, epoch: int, ds: Any, batch_size: int = 512) -> torch.Tensor:
+    """Penultimate features (N, F) of a saved epoch's model (`model.features(x)`) on a dataset."""
+    device = default_device()
+    model = run.load_model(epoch, device)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False)
     return torch.cat([model.features(x.to(device)).float().cpu() for _, x, _ in loader])
 
 
 def find_duplicates(cfg: dict[str, Any]) -> dict[str, Any]:
     """Search a scored run for conflicting near-duplicates; writes analysis/duplicate_pairs.{csv,png} and duplicates.md."""
-    from .data import build_data
-
-    a = cfg["analysis"]
-    scores = load_scores(cfg)
-    rcfg = run_config(cfg)
-    bundle = build_data(rcfg)
+    run = open_run(cfg)
+    a = run.cfg["analysis"]
+    scores = load_npz(run.scores / SCORE_FILE, f"score the run first (score_<dataset>_checkpoint.py run={run.name})")
+    bundle = run.data
     ds = bundle.train_eval
     idx = scores["index"]
     curv = scores["curvature"].astype(np.float64)
     top = a["dup_top"] if a["dup_top"] > 0 else len(idx)
     cand = idx[np.argsort(-curv, kind="stable")[:top]]
     pixels = raw_images(ds, np.arange(len(ds))).reshape(len(ds), -1)
-    ckpts = dict(list_checkpoints(run_dir(cfg)))
-    if not ckpts:
-        raise UserError(f"no checkpoints in {run_dir(cfg)}; the feature-space search needs the run's checkpoints")
-    epoch = max(ckpts) if a["dup_epoch"] < 0 else a["dup_epoch"]
-    if epoch not in ckpts:
-        raise UserError(f"analysis.dup_epoch={epoch} has no checkpoint; saved epochs: {sorted(ckpts)}")
-    feats = checkpoint_features(ckpts[epoch], ds)
+    epoch = run.epochs[-1] if a["dup_epoch"] < 0 else a["dup_epoch"]
+    if epoch not in run.epochs:
+        raise UserError(f"analysis.dup_epoch={epoch} has no checkpoint; saved epochs: {run.epochs}")
+    feats = checkpoint_features(run, epoch, ds)
     labels = np.asarray(ds.given_labels)
     rows = find_conflicting_pairs(pixels, labels, cand, features=feats, k=a["dup_neighbors"],
                                   pixel_rms=a["dup_pixel_rms"], feature_cos=a["dup_feature_cos"])
@@ -145,11 +139,11 @@ def find_duplicates(cfg: dict[str, Any]) -> dict[str, Any]:
         r.update(true_i=int(ds.true_labels[i]), true_j=int(ds.true_labels[j]), curvature_i=float(curv[i]),
                  curvature_rank_i=int(rank[i]), curvature_j=float(curv[j]), curvature_rank_j=int(rank[j]),
                  same_source=bool(src[i] == src[j]))
-    out = score_dir(cfg) / "analysis"
+    out = run.scores / "analysis"
     if rows:
-        write_csv(rows, out / "duplicate_pairs.csv")
+        write_table(out / "duplicate_pairs", rows, markdown=False)
     else:
-        atomic_write(out / "duplicate_pairs.csv", lambda t: Path(t).write_text(",".join(PAIR_KEYS) + "\n"))
+        write_text(out / "duplicate_pairs.csv", ",".join(PAIR_KEYS) + "\n")
     shown = rows[:24]
     cls = bundle.classes
     plots.duplicate_pairs(raw_images(ds, [r["i"] for r in shown]), raw_images(ds, [r["j"] for r in shown]),
@@ -157,7 +151,7 @@ def find_duplicates(cfg: dict[str, Any]) -> dict[str, Any]:
                             f"#{r['j']} given {cls[r['given_j']][:7]}\nRMS {r['pixel_rms']:.3f}") for r in shown],
                           out / "duplicate_pairs.png")
     is_dup = np.asarray(ds.is_duplicate, bool)
-    lines = [f"# Conflicting near-duplicates: {cfg['run']}", "",
+    lines = [f"# Conflicting near-duplicates: {run.name}", "",
              f"- searched the {len(cand)} highest-curvature samples; {a['dup_neighbors']} neighbours each in pixels "
              f"(RMS <= {a['dup_pixel_rms']}) and epoch-{epoch} penultimate features (cosine >= {a['dup_feature_cos']})",
              f"- pairs with different given labels: {len(rows)} "
@@ -173,7 +167,7 @@ def find_duplicates(cfg: dict[str, Any]) -> dict[str, Any]:
                      f"(recall {len(hit) / len(copies):.3f}); "
                      f"share of reported pairs that are injected: {summary['precision']:.3f}")
     md = "\n".join(lines) + "\n"
-    atomic_write(out / "duplicates.md", lambda t: Path(t).write_text(md))
+    write_text(out / "duplicates.md", md)
     return {**summary, "rows": rows, "md": md, "out_dir": out}
 
 
@@ -184,4 +178,5 @@ def main(cfg: dict[str, Any]) -> None:
     for r in res["rows"][:20]:
         print(f"  {r['i']:>6} ({r['given_i']}) ~ {r['j']:>6} ({r['given_j']})  rms={r['pixel_rms']:.4f} "
               f"cos={r['feature_cos']:.4f}  {r['found_by']}")
-    print(f"wrote {res['out_dir']}/duplicate_pairs.csv, duplicate_pairs.png, duplicates.md")
+    out = res["out_dir"]
+    print(f"written: {out / 'duplicate_pairs.csv'}, {out / 'duplicate_pairs.png'}, {out / 'duplicates.md'}")

@@ -1,60 +1,23 @@
-"""Tables (.csv + .md) and figures (.png, 150 dpi, matplotlib Agg) of the localization methods,
-and `load_results` for notebooks."""
+"""Figures (.png via `utils.io.save_figure`) of the localization methods, the markdown summary of
+gradient accounting, and `load_results` for notebooks. Tables go through `utils.io.write_table`."""
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .checkpoint import atomic_write
+from ..io import load_npz, markdown_table, plt, read_table, save_figure, write_text
 
-DPI = 150
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "nan"
-        return f"{v:.2e}" if v != 0 and abs(v) < 1e-3 else f"{v:.4f}"
-    return str(v)
+METRICS = [("noisy_acc", "noisy (given label)"), ("clean_acc", "clean train"), ("test_acc", "test")]
 
 
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    """A GitHub markdown table of dict rows (columns: union of keys in first-seen order)."""
-    if not rows:
-        return "(no rows)\n"
-    cols: list[str] = []
-    for r in rows:
-        cols += [k for k in r if k not in cols]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(_fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
-def write_table(stem: Path, rows: list[dict[str, Any]], markdown: bool = True) -> None:
-    """Write `stem`.csv (and `stem`.md) atomically."""
-    stem = Path(stem)
-    cols: list[str] = []
-    for r in rows:
-        cols += [k for k in r if k not in cols]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=cols)
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: _fmt(v) if isinstance(v, float) else v for k, v in r.items()})
-    text = buf.getvalue()
-    atomic_write(stem.with_suffix(".csv"), lambda tmp: Path(tmp).write_text(text))
-    if markdown:
-        md = markdown_table(rows)
-        atomic_write(stem.with_suffix(".md"), lambda tmp: Path(tmp).write_text(md))
-
-
-def write_accounting_md(rows: list[dict[str, Any]], path: Path, n_epochs: int = 6) -> None:
+def write_accounting_md(rows: list[dict[str, Any]], path: Path, n_epochs: int = 6) -> Path:
     """Markdown summary of gradient accounting: per group, the noisy share of the gradient norm and the
     clean/noisy cosine at about `n_epochs` evenly spaced epochs."""
     epochs = sorted({r["epoch"] for r in rows})
@@ -68,46 +31,16 @@ def write_accounting_md(rows: list[dict[str, Any]], path: Path, n_epochs: int = 
         if key == "noisy_share":
             table.append({"group": "(noisy share of examples)", **{f"ep {e}": share[e] for e in pick}})
         text += f"**{label}**\n\n" + markdown_table(table) + "\n"
-    atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
+    return write_text(Path(path), text)
 
 
-def read_table(path: Path) -> list[dict[str, Any]]:
-    """Rows of a .csv written by `write_table`, numbers parsed."""
-    def conv(v: str) -> Any:
-        for t in (int, float):
-            try:
-                return t(v)
-            except ValueError:
-                pass
-        return {"True": True, "False": False}.get(v, v)
-
-    with open(path, newline="") as f:
-        return [{k: conv(v) for k, v in r.items()} for r in csv.DictReader(f)]
-
-
-def _save(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    atomic_write(Path(path), lambda tmp: fig.savefig(tmp, dpi=DPI, format="png", bbox_inches="tight"))
-    plt.close(fig)
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_accounting(rows: list[dict[str, Any]], path: Path) -> None:
+def plot_accounting(rows: list[dict[str, Any]], path: Path) -> Path:
     """Left: noisy examples' share of each group's gradient norm vs their share of the data, per epoch.
     Right: cosine between the clean and the noisy gradient."""
-    plt = _plt()
+    pyplot = plt()
     groups = list(dict.fromkeys(r["group"] for r in rows))
-    fig, ax = plt.subplots(1, 2, figsize=(11, 4))
-    cmap = plt.get_cmap("viridis")
+    fig, ax = pyplot.subplots(1, 2, figsize=(11, 4))
+    cmap = pyplot.get_cmap("viridis")
     for j, g in enumerate(groups):
         rs = [r for r in rows if r["group"] == g]
         c = cmap(j / max(1, len(groups) - 1))
@@ -120,46 +53,54 @@ def plot_accounting(rows: list[dict[str, Any]], path: Path) -> None:
     ax[1].axhline(0, color="k", lw=0.5)
     ax[1].set(xlabel="epoch", ylabel="cos(g_clean, g_noisy)", title="clean vs noisy gradient direction")
     ax[0].legend(fontsize=6, ncol=2 if len(groups) > 8 else 1)
-    _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _heatmaps(rows: list[dict[str, Any]], path: Path, title: str, col_key: str = "epoch") -> None:
-    plt = _plt()
+def heatmap_figure(rows: list[dict[str, Any]], title: str, col_key: str = "epoch", col_label: str = "epoch") -> Figure:
+    """Heatmaps layer group x `col_key` of noisy (given label), clean-train and test accuracy (in %).
+
+    Rows are labelled with the groups' layer names (`layer3.1.conv2`, `fc`), on every panel, columns
+    with `col_label value`; the `(none)` row (the final model) goes into the panel titles."""
+    pyplot = plt()
     body = [r for r in rows if r["group"] != "(none)"]
     base = next((r for r in rows if r["group"] == "(none)"), None)
-    groups = list(dict.fromkeys(r["group"] for r in body))
+    groups = [str(g) for g in dict.fromkeys(r["group"] for r in body)]
     cols = list(dict.fromkeys(r[col_key] for r in body))
-    metrics = [("noisy_acc", "noisy (given label)"), ("clean_acc", "clean train"), ("test_acc", "test")]
-    fig, axes = plt.subplots(1, 3, figsize=(3.2 * 3 + 1.5 * len(cols), 0.32 * len(groups) + 2))
-    for ax, (m, label) in zip(axes, metrics):
+    fig, axes = pyplot.subplots(1, 3, figsize=(3.2 * 3 + 1.5 * len(cols) + 1.5, 0.32 * len(groups) + 2),
+                                constrained_layout=True)
+    im = None
+    for ax, (m, label) in zip(axes, METRICS):
         mat = np.full((len(groups), len(cols)), np.nan)
         for r in body:
-            mat[groups.index(r["group"]), cols.index(r[col_key])] = r[m]
+            mat[groups.index(str(r["group"])), cols.index(r[col_key])] = r[m]
         im = ax.imshow(mat, vmin=0, vmax=1, cmap="magma", aspect="auto")
         for (i, j), v in np.ndenumerate(mat):
-            ax.text(j, i, f"{100 * v:.0f}", ha="center", va="center", fontsize=6, color="w" if v < 0.6 else "k")
-        ax.set_xticks(range(len(cols)), [f"{col_key} {c}" for c in cols], fontsize=7)
-        ax.set_yticks(range(len(groups)), groups if ax is axes[0] else [""] * len(groups), fontsize=6)
+            if not math.isnan(v):
+                ax.text(j, i, f"{100 * v:.0f}", ha="center", va="center", fontsize=6, color="w" if v < 0.6 else "k")
+        ax.set_xticks(range(len(cols)), [f"{col_label} {c}" for c in cols], fontsize=7)
+        ax.set_yticks(range(len(groups)), groups, fontsize=6)
         ref = f" (final {100 * base[m]:.0f}%)" if base else ""
         ax.set_title(f"{label}{ref}", fontsize=8)
     fig.colorbar(im, ax=axes, shrink=0.8, label="accuracy")
-    fig.suptitle(title, y=1.04)
-    _save(fig, path)
+    fig.suptitle(title)
+    return fig
 
 
-def plot_rewinding(rows: list[dict[str, Any]], path: Path, title: str = "layer rewinding") -> None:
-    """Heatmaps group x rewind epoch of noisy (given label), clean-train and test accuracy."""
-    _heatmaps(rows, path, title)
+def plot_rewinding(rows: list[dict[str, Any]], path: Path, title: str = "layer rewinding") -> Path:
+    """Heatmaps layer group x rewind epoch of noisy (given label), clean-train and test accuracy."""
+    return save_figure(heatmap_figure(rows, title), path)
 
 
-def plot_retraining(rows: list[dict[str, Any]], path: Path) -> None:
-    """Bars per group: noisy examples still predicted with their given label after resetting the group
-    and after retraining it alone on the clean examples; clean-train and test accuracy after retraining."""
-    plt = _plt()
+def retraining_figure(rows: list[dict[str, Any]]) -> Figure:
+    """Bars per layer group (labelled with its layer name): noisy examples still predicted with their given
+    label after resetting the group and after retraining it alone on the clean examples; clean-train and
+    test accuracy after retraining; the final model's noisy accuracy as a dashed line."""
+    pyplot = plt()
     body = [r for r in rows if r["group"] != "(none)"]
     base = next((r for r in rows if r["group"] == "(none)"), None)
+    names = [str(r["group"]) for r in body]
     x = np.arange(len(body))
-    fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(body) + 2), 4))
+    fig, ax = pyplot.subplots(figsize=(max(6, 0.45 * len(body) + 2), 4))
     w = 0.2
     ax.bar(x - 1.5 * w, [r["reset_noisy_acc"] for r in body], w, label="noisy (given), group reset")
     ax.bar(x - 0.5 * w, [r["noisy_acc"] for r in body], w, label="noisy (given), retrained")
@@ -167,17 +108,22 @@ def plot_retraining(rows: list[dict[str, Any]], path: Path) -> None:
     ax.bar(x + 1.5 * w, [r["test_acc"] for r in body], w, label="test, retrained")
     if base:
         ax.axhline(base["noisy_acc"], color="k", ls="--", lw=0.8, label="noisy (given), final model")
-    ax.set_xticks(x, [r["group"] for r in body], rotation=60, ha="right", fontsize=7)
+    ax.set_xticks(x, names, rotation=60, ha="right", fontsize=7)
     ax.set(ylim=(0, 1.05), ylabel="accuracy", title="layer retraining on clean examples (other layers frozen)")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
-    _save(fig, path)
+    return fig
 
 
-def plot_flipping(z: dict[str, np.ndarray], hist_path: Path, layers_path: Path) -> None:
+def plot_retraining(rows: list[dict[str, Any]], path: Path) -> Path:
+    """The bars of `retraining_figure`."""
+    return save_figure(retraining_figure(rows), path)
+
+
+def plot_flipping(z: dict[str, np.ndarray], hist_path: Path, layers_path: Path) -> list[Path]:
     """Histogram of units needed to flip clean vs noisy examples; distribution of zeroed units over layers."""
-    plt = _plt()
+    pyplot = plt()
     cap = int(z["max_units"])
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = pyplot.subplots(figsize=(6, 4))
     vals = {k: np.where(z["n_units"][s] < 0, cap + 1, z["n_units"][s]) for k, s in
             (("clean", ~z["is_noisy"]), ("noisy", z["is_noisy"]))}
     hi = max([1] + [int(v.max()) for v in vals.values() if len(v)])
@@ -189,10 +135,10 @@ def plot_flipping(z: dict[str, np.ndarray], hist_path: Path, layers_path: Path) 
     ax.set(xlabel=f"units zeroed to flip the prediction ({cap + 1} = not flipped)", ylabel="examples",
            title="neuron flipping: units needed")
     ax.legend()
-    _save(fig, hist_path)
+    paths = [save_figure(fig, hist_path)]
 
     names = [str(n) for n in z["group_names"]]
-    fig, ax = plt.subplots(figsize=(max(6, 0.4 * len(names) + 2), 4))
+    fig, ax = pyplot.subplots(figsize=(max(6, 0.4 * len(names) + 2), 4))
     x = np.arange(len(names))
     for off, (k, sel) in zip((-0.2, 0.2), (("clean", ~z["is_noisy"]), ("noisy", z["is_noisy"]))):
         ex = np.flatnonzero(sel & z["flipped"])
@@ -202,15 +148,15 @@ def plot_flipping(z: dict[str, np.ndarray], hist_path: Path, layers_path: Path) 
     ax.set_xticks(x, names, rotation=60, ha="right", fontsize=7)
     ax.set(ylabel="fraction of zeroed units", title="neuron flipping: layers of the zeroed units")
     ax.legend(fontsize=8)
-    _save(fig, layers_path)
+    return paths + [save_figure(fig, layers_path)]
 
 
-def plot_etd(rows: list[dict[str, Any]], path: Path) -> None:
+def plot_etd(rows: list[dict[str, Any]], path: Path) -> Path:
     """Grouped bars: clean-train, noisy (given label), noisy (true label) and test accuracy per mode."""
-    plt = _plt()
+    pyplot = plt()
     metrics = [("clean_acc", "clean train"), ("noisy_acc", "noisy (given)"), ("noisy_true_acc", "noisy (true)"),
                ("test_acc", "test")]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = pyplot.subplots(figsize=(7, 4))
     x = np.arange(len(metrics))
     w = 0.8 / len(rows)
     for i, r in enumerate(rows):
@@ -222,17 +168,16 @@ def plot_etd(rows: list[dict[str, Any]], path: Path) -> None:
     ax.set_xticks(x, [lab for _, lab in metrics])
     ax.set(ylim=(0, 1.1), ylabel="accuracy", title="example-tied dropout: accuracy per evaluation mode")
     ax.legend(title="mode", loc="upper left", bbox_to_anchor=(1.01, 1))
-    _save(fig, path)
+    return save_figure(fig, path)
 
 
 def load_results(directory: Path) -> dict[str, Any]:
-    """Everything a run's localization folder holds: tables as row lists (by stem), arrays (by stem),
-    and figure paths."""
+    """Everything a run's localization folder holds: tables as row lists (by stem), arrays (by stem), and
+    figure paths; a folder that does not exist (nothing computed yet) gives empty collections."""
     directory = Path(directory)
     out: dict[str, Any] = {"tables": {}, "arrays": {}, "figures": sorted(directory.glob("*.png"))}
     for p in sorted(directory.glob("*.csv")):
         out["tables"][p.stem] = read_table(p)
     for p in sorted(directory.glob("*.npz")):
-        with np.load(p, allow_pickle=False) as z:
-            out["arrays"][p.stem] = dict(z)
+        out["arrays"][p.stem] = load_npz(p)
     return out

@@ -15,39 +15,19 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from .errors import UserError
-from .layer_groups import LayerGroup, hidden_groups, layer_groups, register_output_hook, unit_view
+from ..errors import UserError
+from ..hashing import M32, fmix32, mix_index
+from .groups import LayerGroup, hidden_groups, layer_groups, register_output_hook, unit_view
 
 MODES = ("test", "drop")  # the evaluation modes of the paper
 ALL_MODES = (*MODES, "example")
-_M32 = 0xFFFFFFFF
-
-
-def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
-    """(x * c) mod 2**32 for int64 x in [0, 2**32) without int64 overflow."""
-    lo, hi = c & 0xFFFF, c >> 16
-    return (x * lo + ((x * hi) & 0xFFFF) * 65536) & _M32
-
-
-def _fmix32(h: torch.Tensor) -> torch.Tensor:
-    """MurmurHash3's 32-bit finaliser on int64 tensors holding 32-bit values."""
-    h = h ^ (h >> 16)
-    h = _mul32(h, 0x85EBCA6B)
-    h = h ^ (h >> 13)
-    h = _mul32(h, 0xC2B2AE35)
-    return h ^ (h >> 16)
-
-
 def unit_hash(seed: int, layer: int, index: torch.Tensor, n_units: int) -> torch.Tensor:
     """Deterministic 32-bit hash values (B, n_units) of (seed, layer, example index, unit), int64."""
     dev = index.device
-    base = torch.tensor([(seed * 0x9E3779B1 + (layer + 1) * 0x632BE5AB) & _M32], dtype=torch.int64, device=dev)
-    h = _fmix32(base)
-    idx = index.to(torch.int64).view(-1, 1)
-    h = _fmix32(h ^ (idx & _M32))
-    h = _fmix32(h ^ ((idx >> 32) & _M32))
+    base = torch.tensor([(seed * 0x9E3779B1 + (layer + 1) * 0x632BE5AB) & M32], dtype=torch.int64, device=dev)
+    h = mix_index(fmix32(base), index)
     units = torch.arange(n_units, dtype=torch.int64, device=dev).view(1, -1)
-    return _fmix32(_fmix32(h ^ units))
+    return fmix32(fmix32(h ^ units))
 
 
 class ExampleTiedDropout(nn.Module):

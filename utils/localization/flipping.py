@@ -10,11 +10,12 @@ import torch
 from torch import nn
 from torch.utils.data import Subset
 
-from .checkpoint import save_npz
-from .layer_groups import UnitMasks, hidden_groups, layer_groups, per_unit_sum
-from .localization import Run, open_run, out_dir, predict
-from .localization_report import write_table
-from .models import forward, per_sample_loss
+from ..evaluate import predict
+from ..io import save_npz, write_table
+from ..models import forward, per_sample_loss
+from ..runs import Run, open_run
+from .groups import UnitMasks, hidden_groups, layer_groups, per_unit_sum
+from .methods import final_model, out_dir, pct, print_summary
 
 
 def unit_effects(model: nn.Module, masks: UnitMasks, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,17 +58,19 @@ def flip_example(model: nn.Module, masks: UnitMasks, x: torch.Tensor, y: int, re
 
 
 def neuron_flipping(run: Run, n_clean: int, n_noisy: int, max_units: int, batch: int, refresh: int,
-                    test_subset: int = 0, seed: int = 0) -> dict[str, np.ndarray]:
+                    test_subset: int = 0, seed: int = 0, model: nn.Module | None = None) -> dict[str, np.ndarray]:
     """Flip distinct sampled clean and noisy training examples that the final model predicts with their
     given label. Returns arrays: per example (index, is_noisy, flipped, n_units (-1 if not flipped),
     test_acc), per zeroed unit (unit_example = position in the example arrays, unit_group, unit_id),
-    and per group (group_names, group_units); test_acc_base."""
-    model, dev = run.model.eval(), run.dist.device
+    and per group (group_names, group_units); test_acc_base. `model`: default the run's final model."""
+    model = (final_model(run) if model is None else model).eval()
+    dev = run.dist.device
     for p in model.parameters():
         p.requires_grad_(False)
     groups = hidden_groups(model, layer_groups(model))
-    rec, ds = run.data.record, run.data.train_eval
-    pred = predict(model, ds, run.dist, run.cfg["localization"]["batch_size"], run.cfg["train"]["amp"])
+    rec, ds = run.record, run.data.train_eval
+    bs = run.cfg["localization"]["batch_size"]
+    pred = predict(model, ds, run.dist, bs)
     ok = (pred == rec["given_labels"]).numpy()
     noisy = rec["is_noisy"].numpy()
     rng = np.random.default_rng(seed)
@@ -82,15 +85,14 @@ def neuron_flipping(run: Run, n_clean: int, n_noisy: int, max_units: int, batch:
     if test_subset > 0:
         test = Subset(test, list(range(min(test_subset, len(test)))))
     ty = torch.as_tensor(run.data.test.given_labels[: len(test)])
-    bs, amp = run.cfg["localization"]["batch_size"], run.cfg["train"]["amp"]
-    base = float((predict(model, test, run.dist, bs, amp) == ty).float().mean())
+    base = float((predict(model, test, run.dist, bs) == ty).float().mean())
     flipped, n_units, test_acc, u_ex, u_group, u_id = [], [], [], [], [], []
     offsets = np.cumsum([0] + [g.n_units for g in groups])
     for pos, i in enumerate(targets):
         with UnitMasks(model, groups) as masks:
             _, x, y = ds[int(i)]
             ok_flip, zeroed = flip_example(model, masks, x[None].to(dev), int(y), ref, max_units, refresh)
-            acc = float((predict(model, test, run.dist, bs, amp) == ty).float().mean())
+            acc = float((predict(model, test, run.dist, bs) == ty).float().mean())
         flipped.append(ok_flip)
         n_units.append(len(zeroed) if ok_flip else -1)
         test_acc.append(acc)
@@ -132,21 +134,30 @@ def flipping_summary(z: dict[str, np.ndarray]) -> list[dict[str, Any]]:
     return rows
 
 
-def run_neuron_flipping(cfg: dict[str, Any]) -> dict[str, np.ndarray]:
-    from .localization_report import plot_flipping
+def flipping_headline(rows: list[dict[str, Any]]) -> list[str]:
+    """Summary lines: median units to flip clean vs noisy examples, flipped fraction, test-accuracy cost."""
+    lines = [f"{r['examples']:<6} {r['count']} examples: median {r['median_units']:g} units to flip, "
+             f"{pct(r['flipped'])} flipped, test cost {r['test_acc_cost_pts']:.2f} points" for r in rows]
+    if "p_noisy_fewer" in rows[-1]:
+        lines.append(f"one-sided Mann-Whitney p (noisy need fewer units) = {rows[-1]['p_noisy_fewer']:.3g}")
+    return lines
 
-    loc = cfg["localization"]
+
+def run_neuron_flipping(cfg: dict[str, Any]) -> dict[str, np.ndarray]:
+    """neuron_flipping.py: per-example arrays and table, summary table, two figures; summary on rank 0."""
+    from .report import plot_flipping
+
     run = open_run(cfg)
+    loc = run.cfg["localization"]
     z = neuron_flipping(run, loc["flip_clean"], loc["flip_noisy"], loc["flip_max_units"], loc["flip_batch"],
                         loc["flip_refresh"], loc["flip_test_subset"], loc["seed"])
     if run.dist.is_main:
-        out = out_dir(cfg)
-        save_npz(out / "flipping.npz", **z)
+        out = out_dir(run.cfg)
         per = [{"index": int(i), "noisy": bool(nz), "flipped": bool(f), "n_units": int(n), "test_acc": float(a)}
                for i, nz, f, n, a in zip(z["index"], z["is_noisy"], z["flipped"], z["n_units"], z["test_acc"])]
-        write_table(out / "flipping", per, markdown=False)
-        write_table(out / "flipping_summary", flipping_summary(z))
-        plot_flipping(z, out / "flipping_hist.png", out / "flipping_layers.png")
+        summary = flipping_summary(z)
+        paths = [save_npz(out / "flipping.npz", **z), *write_table(out / "flipping", per, markdown=False),
+                 *write_table(out / "flipping_summary", summary),
+                 *plot_flipping(z, out / "flipping_hist.png", out / "flipping_layers.png")]
+        print_summary(f"neuron flipping of {run.name}", flipping_headline(summary), paths)
     return z
-
-

@@ -10,12 +10,13 @@
   spectral density, plus unbiased tr(H) and tr(H^2) estimates from the same runs.
 * `hutchinson_trace`: tr(H) from Rademacher probes.
 
+HVPs, Lanczos and SLQ run in full fp32 (`utils.evaluate.fp32`: TF32 and autocast off, restored after).
+
 Eigenvalues are in units of the loss (nats) per squared parameter unit.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -27,25 +28,15 @@ import torch.nn.functional as F
 from scipy.linalg import eigh_tridiagonal
 from torch import nn
 
-from .data import shard_range
-from .distributed import Dist, all_reduce_sum
-from .errors import UserError
-from .models import forward, per_sample_loss
+from ..distributed import Dist, all_reduce_sum, shard_range
+from ..errors import UserError
+from ..evaluate import fp32
+from ..models import double_backward_attention, forward, per_sample_loss
 
 Matvec = Callable[[torch.Tensor], torch.Tensor]
 
 
 # ----------------------------------------------------------------------------- the operator
-def _sdpa_math():
-    """Attention kernels whose backward is twice differentiable (flash/efficient kernels are not)."""
-    try:
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
-        return sdpa_kernel(SDPBackend.MATH)
-    except ImportError:  # pragma: no cover - older torch
-        return contextlib.nullcontext()
-
-
 def _unpack(batch: Sequence[torch.Tensor]) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
     if len(batch) == 3:
         return batch[0], batch[1], batch[2]
@@ -93,7 +84,8 @@ class HessianOperator:
             self.check_determinism(rtol)
         self._graphs: list[tuple[torch.Tensor, ...]] | None = None
         if cache_graph:
-            self._graphs = [self._grad(b, create_graph=True) for b in self.batches]
+            with fp32(self.device):
+                self._graphs = [self._grad(b, create_graph=True) for b in self.batches]
 
     # -- helpers
     def _materialize(self) -> list[tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]]:
@@ -106,9 +98,9 @@ class HessianOperator:
 
     def _loss(self, batch) -> torch.Tensor:
         idx, x, y = batch
-        with _sdpa_math():
+        with double_backward_attention():
             logits = forward(self.model, x, idx)
-        if logits.dtype != torch.float64:  # float32 loss under autocast; float64 models keep float64
+        if logits.dtype != torch.float64:  # float32 models: float32 loss; float64 models keep float64
             return per_sample_loss(logits, y).to(self.dtype).sum() / self.n_samples
         return F.cross_entropy(logits, y, reduction="sum") / self.n_samples
 
@@ -125,11 +117,12 @@ class HessianOperator:
         """Global mean loss and its flat gradient (dim,) over the sample set (all-reduced)."""
         loss = torch.zeros((), dtype=torch.float64, device=self.device)
         grad = torch.zeros(self.dim, dtype=self.dtype, device=self.device)
-        for b in batches if batches is not None else self.batches:
-            lb = self._loss(b)
-            gb = torch.autograd.grad(lb, self.params)
-            loss += lb.detach().double()
-            grad += self.flatten(gb)
+        with fp32(self.device):  # no TF32, no autocast: products of small differences
+            for b in batches if batches is not None else self.batches:
+                lb = self._loss(b)
+                gb = torch.autograd.grad(lb, self.params)
+                loss += lb.detach().double()
+                grad += self.flatten(gb)
         loss, grad = all_reduce_sum(loss), all_reduce_sum(grad)
         return float(loss), grad
 
@@ -152,11 +145,13 @@ class HessianOperator:
         """H v for a flat vector v (dim,) -> (dim,), same dtype/device as v (all-reduced across ranks)."""
         vp = self.unflatten(v.to(self.device, self.dtype))
         out = None
-        for i, b in enumerate(self.batches):
-            g = self._graphs[i] if self._graphs is not None else self._grad(b, create_graph=True)
-            # d/dtheta <g(theta), v> = H v: one backward pass through the gradient's graph
-            hv = self.flatten(torch.autograd.grad(g, self.params, grad_outputs=vp, retain_graph=self._graphs is not None))
-            out = hv if out is None else out.add_(hv)
+        with fp32(self.device):
+            for i, b in enumerate(self.batches):
+                g = self._graphs[i] if self._graphs is not None else self._grad(b, create_graph=True)
+                # d/dtheta <g(theta), v> = H v: one backward pass through the gradient's graph
+                hv = self.flatten(torch.autograd.grad(g, self.params, grad_outputs=vp,
+                                                      retain_graph=self._graphs is not None))
+                out = hv if out is None else out.add_(hv)
         self.n_matvec += 1
         return all_reduce_sum(out).to(v.dtype)
 
@@ -210,6 +205,7 @@ def _select(theta: np.ndarray, k: int, which: str) -> np.ndarray:
     return order[:k]
 
 
+@fp32()  # no TF32 / autocast: the reorthogonalisation's inner products must be exact to ~1e-7
 def lanczos(matvec: Matvec, dim: int, k: int, *, max_iter: int = 80, tol: float = 1e-6,
             device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
             generator: torch.Generator | None = None, v0: torch.Tensor | None = None, which: str = "LA",
@@ -317,6 +313,7 @@ class SLQResult:
         return float(self.sq_trace_samples.mean())
 
 
+@fp32()
 def slq(matvec: Matvec, dim: int, *, n_probes: int = 10, n_iter: int = 80, device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32, generator: torch.Generator | None = None,
         deflate: torch.Tensor | None = None) -> SLQResult:

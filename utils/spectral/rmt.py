@@ -1,5 +1,6 @@
 """Random-matrix reading of a Hessian spectrum: Marchenko-Pastur (MP) fit of the bulk, Tracy-Widom
-(TW) margin of its edge, the early-spectral-memorization (ESM) metric, its null threshold, ROC/AUC.
+(TW) margin of its edge, the early-spectral-memorization (ESM) metric, its null threshold and the
+per-(grid, step) summary (AUROC and threshold accuracies from `utils.metrics`).
 
 Conventions. The MP law MP(sigma2, gamma) is the limiting spectrum of W = X^T X / N for an N x D
 matrix X of iid entries of variance sigma2, gamma = D / N. For gamma > 1 it has an atom 1 - 1/gamma
@@ -25,6 +26,8 @@ from typing import Any
 
 import numpy as np
 from scipy import optimize, special
+
+from ..metrics import auroc, threshold_accuracy
 
 # ----------------------------------------------------------------------------- MP law
 
@@ -232,29 +235,11 @@ def esm_metric(eigenvalues: np.ndarray, bulk_nodes: np.ndarray, bulk_weights: np
 
 
 def esm_from_spectrum(s: dict[str, Any], tw_quantile: float = 0.99) -> ESMResult:
-    """`esm_metric` of a spectrum dict / .npz as written by `utils.esm.compute_spectrum`."""
+    """`esm_metric` of a spectrum dict / .npz as written by `utils.spectral.esm.compute_spectrum`."""
     return esm_metric(s["eigenvalues"], s["slq_nodes"], s["slq_weights"], int(s["bulk_dim"]), tw_quantile)
 
 
-# ----------------------------------------------------------------------------- ROC / AUC
-def roc(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """(fpr, tpr, thresholds, auc) of `scores` (higher = positive) for boolean labels `positive`
-    (scikit-learn). AUC is nan when one class is missing."""
-    from sklearn.metrics import roc_auc_score, roc_curve
-
-    scores, positive = np.asarray(scores, np.float64), np.asarray(positive, bool)
-    if positive.all() or not positive.any():
-        return np.array([0.0, 1.0]), np.array([0.0, 1.0]), np.array([np.inf, -np.inf]), float("nan")
-    fpr, tpr, thr = roc_curve(positive, scores)
-    return fpr, tpr, thr, float(roc_auc_score(positive, scores))
-
-
-def threshold_accuracy(scores: np.ndarray, thresholds: np.ndarray | float, positive: np.ndarray) -> float:
-    """Fraction classified right by `score > threshold` (one threshold, or one per item)."""
-    pred = np.asarray(scores) > np.asarray(thresholds)
-    return float((pred == np.asarray(positive, bool)).mean())
-
-
+# ----------------------------------------------------------------------------- per (grid, step)
 def summarise_esm(values: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Rows per (grid, step): n_clean, n_random, AUC of ESM (clean = positive), AUC of the top-10
     share, mean/std of ESM per condition, the MP null threshold (median over runs) and its accuracy, and
@@ -270,7 +255,7 @@ def summarise_esm(values: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out.append({
             "grid": grid, "dataset": rows[0]["dataset"], "model": rows[0]["model"], "step": int(step),
             "n_clean": int(pos.sum()), "n_random": int((~pos).sum()),
-            "auc_esm": roc(esm, pos)[3], "auc_top10": roc(top, pos)[3],
+            "auc_esm": auroc(esm, pos), "auc_top10": auroc(top, pos),
             "esm_clean_mean": float(esm[pos].mean()) if pos.any() else float("nan"),
             "esm_clean_std": float(esm[pos].std()) if pos.any() else float("nan"),
             "esm_random_mean": float(esm[~pos].mean()) if (~pos).any() else float("nan"),

@@ -7,22 +7,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from ..io import plt as _pyplot
+from ..io import save_figure as _save
+from ..metrics import roc
 
-from .checkpoint import atomic_write  # noqa: E402
-
-DPI = 150
-
-
-def _save(fig: plt.Figure, path: Path) -> Path:
-    path = Path(path)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=DPI, bbox_inches="tight", format="png"))
-    plt.close(fig)
-    return path
+plt = _pyplot()
 
 
 def _positive(v: np.ndarray) -> np.ndarray:
@@ -32,15 +23,13 @@ def _positive(v: np.ndarray) -> np.ndarray:
     return np.maximum(v, pos.min() if pos.size else 1e-12)
 
 
-def roc_curves(scores: dict[str, np.ndarray], target: np.ndarray, path: Path, title: str = "") -> Path:
-    """ROC curve of every score (higher = more suspicious) for the boolean target (N,); AUROC in the legend."""
-    from sklearn.metrics import roc_auc_score, roc_curve
-
-    fig, ax = plt.subplots(figsize=(5.5, 5))
+def roc_curves(scores: dict[str, np.ndarray], target: np.ndarray, path: Path, title: str = "", main: str = "") -> Path:
+    """ROC curve of every score ({display label: (N,)}, higher = more suspicious) for the boolean target (N,);
+    AUROC in the legend; the `main` score drawn thicker."""
+    fig, ax = plt.subplots(figsize=(6, 5.5))
     for name, s in scores.items():
-        fpr, tpr, _ = roc_curve(target, s)
-        ax.plot(fpr, tpr, lw=2 if name.startswith("curvature") else 1.2,
-                label=f"{name} ({roc_auc_score(target, s):.3f})")
+        fpr, tpr, _, area = roc(s, target)
+        ax.plot(fpr, tpr, lw=2.4 if name == main else 1.1, label=f"{name} ({area:.3f})")
     ax.plot([0, 1], [0, 1], ls=":", c="grey", lw=1)
     ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01),
            title=title or "ROC (AUROC in brackets)")

@@ -1,0 +1,336 @@
+"""Mislabel / duplicate detection tables: curvature against the baselines a reviewer asks for.
+
+Opens a run (`utils.runs.open_run`), reads its `curv_scores/<run>/curvature.npz` (scoring stage) and its
+training statistics (training stage) and writes `curv_scores/<run>/analysis/`: auroc.csv + auroc.md,
+auroc_vs_epoch.csv and the figures. Every score is oriented "higher = more suspicious" and keyed by a
+stable identifier (`SCORES`: id -> display label); tables carry both. AUROC / AUPRC: `utils.metrics`.
+
+Baselines (from the training statistics, per sample on the un-augmented train set after each epoch):
+- loss_final; cumulative_loss = sum of the per-epoch losses;
+- learning_time = first epoch from which the sample stays correctly classified (E + 1 if wrong at the end);
+- in_confidence = mean over epochs of 1 - p(given label) = 1 - exp(-loss); neg_margin at the final epoch;
+- confident_learning (cleanlab): 1 - self-confidence label quality of out-of-sample probabilities (digits:
+  K-fold cross-validated MLPs, `utils.curvature.ensemble.cv_probabilities`, cached in analysis/cl_probs.npz;
+  other data: the run's checkpoint with the best test accuracy, which saw every training label), plus
+  cleanlab's binary `find_label_issues` flag (confident_learning_flag).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+from ..io import load_npz, save_npz, write_table
+from ..metrics import auprc, auroc
+from ..runs import Run, open_run
+from . import plots
+from .ensemble import MLPSpec, cv_probabilities, default_device, train_matrix
+
+SCORE_FILE = "curvature.npz"
+MAIN = "curvature"
+SCORES = {  # identifier -> display label
+    "curvature": "curvature (mean over epochs)",
+    "curvature_geomean": "curvature (geometric mean over epochs)",
+    "curvature_median": "curvature (median over epochs)",
+    "curvature_official": "curvature (official form: mean ||Hv|| over probes and epochs)",
+    "trace": "input-Hessian trace (mean over epochs)",
+    "loss_final": "loss (final epoch)",
+    "cumulative_loss": "cumulative sample loss",
+    "learning_time": "learning time",
+    "in_confidence": "in-confidence (mean 1-p)",
+    "neg_margin": "negative margin (final epoch)",
+    "confident_learning": "confident learning (1 - label quality)",
+    "confident_learning_flag": "confident learning flag (binary)",
+}
+TARGETS = {"mislabeled": "mislabeled (is_noisy)", "duplicate": "injected duplicate (is_duplicate)",
+           "duplicate_pair": "duplicate pair (copy or its source)"}
+
+
+def label(score_id: str) -> str:
+    """Display label of a score identifier (`curvature_epoch_12` -> 'curvature @ epoch 12')."""
+    if score_id.startswith("curvature_epoch_"):
+        return f"curvature @ epoch {int(score_id.rsplit('_', 1)[1])}"
+    return SCORES.get(score_id, score_id)
+
+
+# ----------------------------------------------------------------------------- scores
+def learning_time(correct: np.ndarray, epochs: np.ndarray) -> np.ndarray:
+    """First epoch from which each sample stays correct: correct (E, N) bool, epochs (E,) -> (N,) float.
+
+    A sample wrong at the last recorded epoch gets epochs[-1] + 1 (never learned)."""
+    correct = np.asarray(correct, bool)
+    epochs = np.asarray(epochs)
+    wrong = ~correct
+    last_wrong = np.where(wrong.any(0), len(epochs) - 1 - np.argmax(wrong[::-1], axis=0), -1)
+    nxt = np.append(epochs, epochs[-1] + 1)
+    return nxt[last_wrong + 1].astype(float)
+
+
+def baseline_scores(stats: dict[str, np.ndarray], cols: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Training-dynamics baselines (id -> (N,), higher = more suspicious) from the training statistics."""
+    loss, correct, margin = stats["loss"], stats["correct"], stats["margin"]
+    if cols is not None:
+        loss, correct, margin = loss[:, cols], correct[:, cols], margin[:, cols]
+    loss = loss.astype(np.float64)
+    return {"loss_final": loss[-1], "cumulative_loss": loss.sum(0), "learning_time": learning_time(correct, stats["epochs"]),
+            "in_confidence": (1.0 - np.exp(-loss)).mean(0), "neg_margin": -margin[-1].astype(np.float64)}
+
+
+def curvature_scores(sc: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every per-sample curvature score (id -> (N,) float64) of a curvature.npz: the mean of tr(H^2) estimates
+    over epochs (the paper's definition), spike-robust aggregates (geometric mean, median), the official code's
+    form (mean unsquared ||Hv||, behind the published numbers up to the factor h/B) and the mean tr H."""
+    pe = np.asarray(sc["per_epoch"], np.float64)
+    pos = pe[pe > 0]
+    floor = pos.min() if pos.size else 1e-30
+    out = {MAIN: sc["curvature"].astype(np.float64), "curvature_geomean": np.exp(np.log(np.maximum(pe, floor)).mean(0)),
+           "curvature_median": np.median(pe, axis=0)}
+    if "hv_norm" in sc:
+        out["curvature_official"] = sc["hv_norm"].astype(np.float64)
+    if "trace" in sc:
+        out["trace"] = sc["trace"].astype(np.float64)
+    return out
+
+
+def confident_learning(labels: np.ndarray, probs: np.ndarray) -> dict[str, np.ndarray]:
+    """cleanlab on (N,) labels and (N, K) probabilities: 'score' = 1 - self-confidence label quality (N,),
+    'flagged' = find_label_issues (N,) bool. A one-line UserError when cleanlab is not installed."""
+    try:
+        from cleanlab.filter import find_label_issues
+        from cleanlab.rank import get_label_quality_scores
+    except ImportError:
+        raise UserError("Confident Learning needs cleanlab (pip install cleanlab); "
+                        "or set analysis.cl_probs=none to skip that column") from None
+    labels = np.asarray(labels, np.int64)
+    probs = np.asarray(probs, np.float64)
+    probs = probs / probs.sum(1, keepdims=True)
+    quality = get_label_quality_scores(labels, probs, method="self_confidence")
+    flagged = find_label_issues(labels, probs, n_jobs=1)
+    return {"score": 1.0 - quality, "flagged": np.asarray(flagged, bool)}
+
+
+def rows_for(scores: dict[str, np.ndarray], target: np.ndarray, target_id: str, group: str = "score",
+             epochs: dict[str, int] | None = None) -> list[dict[str, Any]]:
+    """One table row (target, score id, label, group, epoch, auroc, auprc, n_pos, n) per score."""
+    target = np.asarray(target, bool)
+    return [{"target": target_id, "score": sid, "label": label(sid), "group": group, "epoch": (epochs or {}).get(sid, ""),
+             "auroc": auroc(s, target), "auprc": auprc(s, target), "n_pos": int(target.sum()), "n": len(target)}
+            for sid, s in scores.items()]
+
+
+def per_epoch_auroc(per_epoch: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """AUROC (E,) of each row of an (E, N) score matrix."""
+    return np.array([auroc(row, target) for row in per_epoch])
+
+
+def format_md(rows: list[dict[str, Any]], notes: dict[str, list[str]] | None = None, title: str = "") -> str:
+    """Markdown: one table per target (score | AUROC | AUPRC), notes under each."""
+    out = [f"# {title}", ""] if title else []
+    for target in dict.fromkeys(r["target"] for r in rows):
+        rs = [r for r in rows if r["target"] == target]
+        out += [f"## {TARGETS.get(target, target)}: {rs[0]['n_pos']} positives of {rs[0]['n']}", "",
+                "| score | id | AUROC | AUPRC |", "|---|---|---:|---:|"]
+        out += [f"| {r['label']} | `{r['score']}` | {r['auroc']:.4f} | {r['auprc']:.4f} |" for r in rs]
+        out += [""] + [f"- {n}" for n in (notes or {}).get(target, [])] + [""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+# ----------------------------------------------------------------------------- inputs
+def stats_columns(stats: dict[str, np.ndarray], index: np.ndarray) -> np.ndarray:
+    """Columns of the training statistics for the sample indices of a score file (UserError if absent)."""
+    sidx = stats["index"]
+    pos = np.searchsorted(sidx, index)
+    if (pos >= len(sidx)).any() or not np.array_equal(sidx[pos], index):
+        raise UserError("the score file holds sample indices that the training statistics lack; rescore the run")
+    return pos
+
+
+def raw_images(ds: Any, idx: np.ndarray) -> np.ndarray:
+    """Un-normalised images of samples idx as floats in [0, 1]: (k, H, W) grey or (k, H, W, 3)."""
+    scale = float(getattr(ds.transform, "scale", 255.0))
+    out = []
+    for i in idx:
+        im = ds.raw(int(i))
+        a = im.float().numpy() / scale if isinstance(im, torch.Tensor) else np.asarray(im, np.float32) / 255.0
+        if isinstance(im, torch.Tensor):
+            a = a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0)
+        out.append(np.clip(a, 0, 1))
+    return np.stack(out) if out else np.zeros((0, 1, 1))
+
+
+@torch.no_grad()
+def checkpoint_probabilities(run: Run, epoch: int, ds: Any, batch_size: int = 512) -> np.ndarray:
+    """Softmax probabilities (N, K) of a saved epoch's model on a dataset (CPU or the first GPU)."""
+    device = default_device()
+    model = run.load_model(epoch, device)
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False)
+    return torch.cat([torch.softmax(model(x.to(device)).float(), -1).cpu() for _, x, _ in loader]).numpy()
+
+
+def cl_probabilities(run: Run, stats: dict[str, np.ndarray], progress: bool = True) -> tuple[np.ndarray, str]:
+    """Probabilities for Confident Learning and a sentence saying where they come from.
+
+    Cross-validated probabilities are cached in analysis/cl_probs.npz (reused while settings and labels match)."""
+    cfg = run.cfg
+    a, t, m = cfg["analysis"], cfg["train"], cfg["model"]
+    mode = a["cl_probs"]
+    if mode == "auto":
+        mode = "cv" if cfg["data"]["name"] == "digits" else "best"
+    bundle = run.data
+    if mode == "cv":
+        x, y = train_matrix(bundle.train_eval)
+        width = (m["width"] or 128) if m["name"] == "digits_mlp" else 256
+        spec = MLPSpec(width, t["epochs"], t["lr"], t["momentum"], t["batch_size"], t["weight_decay"])
+        source = (f"out-of-sample {a['cv_folds']}-fold cross-validated probabilities (stratified folds; an MLP "
+                  f"{x[0].numel()}-{width}-{width}-{bundle.num_classes} per fold, {t['epochs']} epochs, lr {t['lr']}, "
+                  f"batch {t['batch_size']}, trained on the other folds' given labels)")
+        cache = run.scores / "analysis" / "cl_probs.npz"
+        if cache.is_file():
+            z = load_npz(cache)
+            if str(z["source"]) == source and int(z["seed"]) == a["seed"] and np.array_equal(z["labels"], y.numpy()):
+                return z["probs"], source
+        probs = cv_probabilities(x.flatten(1).to(default_device()), y, bundle.num_classes, spec, a["cv_folds"],
+                                 a["seed"], progress)
+        save_npz(cache, probs=probs, labels=y.numpy(), seed=np.int64(a["seed"]), source=np.array(source))
+        return probs, source
+    if mode != "best":
+        raise UserError(f"analysis.cl_probs must be auto, cv, best or none, got {mode!r}")
+    saved = set(run.epochs)
+    acc = {int(e): float(a_) for e, a_ in zip(stats["epochs"], stats["test_acc"]) if int(e) in saved}
+    if not acc:
+        raise UserError(f"no saved checkpoint of {run.dir} has a test accuracy in its training statistics")
+    best = max(acc, key=lambda e: (acc[e], e))
+    probs = checkpoint_probabilities(run, best, bundle.train_eval)
+    return probs, (f"softmax probabilities of the best-test-accuracy checkpoint (epoch {best}, test acc {acc[best]:.4f}); "
+                   "in-sample: that model was trained on these labels")
+
+
+def targets_of(scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The detection targets (id -> (N,) bool) a score file supports: mislabeled, duplicates, duplicate pairs."""
+    noisy = scores["is_noisy"].astype(bool)
+    dup = scores.get("is_duplicate", np.zeros_like(noisy)).astype(bool)
+    out = {}
+    if noisy.any() and not np.array_equal(noisy, dup):
+        out["mislabeled"] = noisy
+    if dup.any():
+        out["duplicate"] = dup
+        out["duplicate_pair"] = dup | np.isin(scores["index"], scores["duplicate_of"][dup])
+    return out
+
+
+# ----------------------------------------------------------------------------- the analysis
+def all_scores(run: Run, scores: dict[str, np.ndarray], stats: dict[str, np.ndarray], cols: np.ndarray,
+               progress: bool = True) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Every detection score (id -> (N,)) of a scored run and Confident Learning's details."""
+    out = curvature_scores(scores)
+    out.update(baseline_scores(stats, cols))
+    if run.cfg["analysis"]["cl_probs"] == "none":
+        return out, {}
+    probs, source = cl_probabilities(run, stats, progress)
+    cl = confident_learning(scores["given_label"], probs[scores["index"]])
+    out["confident_learning"] = cl["score"]
+    out["confident_learning_flag"] = cl["flagged"].astype(float)
+    return out, {**cl, "source": source}
+
+
+def analyze(cfg: dict[str, Any], progress: bool = True, figures: bool = True) -> dict[str, Any]:
+    """Write curv_scores/<run>/analysis/ (tables + figures); returns rows, markdown, paths and arrays."""
+    run = open_run(cfg)
+    scores = load_npz(run.scores / SCORE_FILE, f"score the run first (score_<dataset>_checkpoint.py run={run.name})")
+    stats = run.stats()
+    cols = stats_columns(stats, scores["index"])
+    if not np.array_equal(stats["given_label"][cols], scores["given_label"]):
+        raise UserError("curvature.npz and the training statistics disagree on the labels; rescore the run")
+    targets = targets_of(scores)
+    if not targets:
+        raise UserError(f"run {run.name} has no mislabeled or duplicated samples: nothing to detect "
+                        "(train with noise.kind=symmetric noise.rate=0.1 or noise.duplicates=N)")
+    if len(run.data.train_eval) != len(stats["index"]):
+        raise UserError("the run's data has another size than its training statistics; check data.root")
+    out_dir = run.scores / "analysis"
+    ep, per_epoch = scores["epochs"], scores["per_epoch"].astype(np.float64)
+    main_scores, cl = all_scores(run, scores, stats, cols, progress)
+    rows, notes, epoch_rows = [], {}, []
+    stat_loss = stats["loss"][:, cols].astype(np.float64)
+    for tid, target in targets.items():
+        rows += rows_for(main_scores, target, tid)
+        au = per_epoch_auroc(per_epoch, target)
+        ids = {f"curvature_epoch_{int(e)}": int(e) for e in ep}
+        rows += rows_for(dict(zip(ids, per_epoch)), target, tid, "epoch", ids)
+        epoch_rows += [{"target": tid, "score": "curvature", "epoch": int(e), "auroc": float(v)} for e, v in zip(ep, au)]
+        epoch_rows += [{"target": tid, "score": "loss", "epoch": int(e), "auroc": float(v)}
+                       for e, v in zip(stats["epochs"], per_epoch_auroc(stat_loss, target))]
+        notes[tid] = [f"best single-epoch curvature: epoch {int(ep[np.nanargmax(au)])} (AUROC {np.nanmax(au):.4f}); "
+                      f"table shows epochs {', '.join(str(int(ep[k])) for k in _shown_epochs(ep, au))} "
+                      "(all epochs in auroc.csv)"]
+        if cl:
+            f = cl["flagged"]
+            prec = float(target[f].mean()) if f.any() else float("nan")
+            notes[tid].append(f"Confident Learning: {cl['source']}; flagged {int(f.sum())} samples, precision "
+                              f"{prec:.3f}, recall {float(f[target].mean()):.3f}")
+        else:
+            notes[tid].append("Confident Learning skipped (analysis.cl_probs=none)")
+    md_rows = [r for r in rows if r["group"] != "epoch" or _is_shown(r, rows, ep)]
+    title = (f"Curvature analysis: {run.name} ({scores['dataset']}, noise {scores['noise_kind']} "
+             f"{float(scores['noise_rate']):g}, {len(ep)} scored epochs {int(ep[0])}..{int(ep[-1])})")
+    md = format_md(md_rows, notes, title)
+    paths = write_table(out_dir / "auroc", rows, markdown=md) + write_table(out_dir / "auroc_vs_epoch", epoch_rows,
+                                                                            markdown=False)
+    figs = make_figures(out_dir, scores, main_scores, targets, stats, cols, run.data, run.cfg["analysis"]["top_k"]) \
+        if figures else {}
+    return {"rows": rows, "md": md, "out_dir": out_dir, "figures": figs, "scores": main_scores, "targets": targets,
+            "cl_source": cl.get("source", ""), "paths": paths + list(figs.values())}
+
+
+def _shown_epochs(ep: np.ndarray, au: np.ndarray, k: int = 5) -> list[int]:
+    """Up to k evenly spread epoch positions plus the best one (for the markdown table)."""
+    pos = set(np.linspace(0, len(ep) - 1, min(k, len(ep))).round().astype(int).tolist())
+    if np.isfinite(au).any():
+        pos.add(int(np.nanargmax(au)))
+    return sorted(pos)
+
+
+def _is_shown(row: dict[str, Any], rows: list[dict[str, Any]], ep: np.ndarray) -> bool:
+    au = np.array([r["auroc"] for r in rows if r["target"] == row["target"] and r["group"] == "epoch"])
+    return int(np.flatnonzero(ep == row["epoch"])[0]) in _shown_epochs(ep, au)
+
+
+def make_figures(out_dir: Path, scores: dict[str, np.ndarray], main_scores: dict[str, np.ndarray],
+                 targets: dict[str, np.ndarray], stats: dict[str, np.ndarray], cols: np.ndarray, bundle: Any,
+                 top_k: int) -> dict[str, Path]:
+    """The analysis figures for the first target (mislabeled if any, else duplicates); the ROC figures show
+    every score of the table."""
+    tid, target = next(iter(targets.items()))
+    short = "noisy" if tid == "mislabeled" else "duplicate"
+    curv, ep, per_epoch = main_scores[MAIN], scores["epochs"], scores["per_epoch"].astype(np.float64)
+    shown = {label(k): v for k, v in main_scores.items()}
+    figs = {
+        "roc": plots.roc_curves(shown, target, out_dir / "roc.png", f"ROC for {TARGETS[tid]}", main=label(MAIN)),
+        "hist": plots.curvature_hist(curv, target, out_dir / "curvature_hist.png", ("clean", short)),
+        "epochs": plots.curvature_over_epochs(ep, per_epoch, target, out_dir / "curvature_epochs.png", ("clean", short)),
+    }
+    series = {"curvature @ epoch": (ep, per_epoch_auroc(per_epoch, target)),
+              "loss @ epoch": (stats["epochs"], per_epoch_auroc(stats["loss"][:, cols], target))}
+    hl = {label(MAIN): auroc(curv, target), label("cumulative_loss"): auroc(main_scores["cumulative_loss"], target)}
+    figs["auroc_epoch"] = plots.auroc_vs_epoch(series, out_dir / "auroc_vs_epoch.png", hl,
+                                               f"AUROC for {TARGETS[tid]} vs epoch")
+    order = np.argsort(-curv, kind="stable")[:top_k]
+    idx = scores["index"][order]
+    figs["topk"] = plots.topk_grid(raw_images(bundle.train_eval, idx), scores["given_label"][order],
+                                   scores["true_label"][order], curv[order], bundle.classes, out_dir / "topk_curvature.png")
+    if "duplicate" in targets and tid != "duplicate":
+        figs["roc_dup"] = plots.roc_curves(shown, targets["duplicate"], out_dir / "roc_duplicates.png",
+                                           f"ROC for {TARGETS['duplicate']}", main=label(MAIN))
+    return figs
+
+
+def main(cfg: dict[str, Any]) -> None:
+    """Entry point of analyze_curvature.py: write the tables and figures, print the markdown and the paths."""
+    res = analyze(cfg)
+    print(res["md"])
+    print("written: " + ", ".join(str(p) for p in res["paths"]))
+

@@ -1,0 +1,170 @@
+"""Every file the toolkit writes or reads back, in one place.
+
+- `atomic_write`: temporary file in the target directory, then `os.replace`; the result has the
+  permissions the umask gives a new file (0666 & ~umask), never mkstemp's 0600.
+- `save_npz` / `load_npz`: `.npz` of plain arrays (no object dtype; loaded with `allow_pickle=False`);
+  a missing, truncated or corrupt file is one `UserError` line.
+- `write_table` / `read_table` / `markdown_table`: dict rows -> `<stem>.csv` + `<stem>.md`.
+- `save_figure` / `figure_png`: matplotlib (Agg) figures -> PNG at `DPI`, closed afterwards.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import tempfile
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import UserError
+
+DPI = 150
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    """Call `write(tmp_path)`, then rename onto `path` (mode 0666 & ~umask); a crash leaves no partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+# ----------------------------------------------------------------------------- npz
+def save_npz(path: str | os.PathLike, **arrays: Any) -> Path:
+    """Atomic `np.savez` of plain (non-object) arrays."""
+    for k, v in arrays.items():
+        if np.asarray(v).dtype == object:
+            raise TypeError(f"array {k!r} has dtype object; score files must load with allow_pickle=False")
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+    return atomic_write(path, write)
+
+
+def load_npz(path: str | os.PathLike, what: str = "") -> dict[str, np.ndarray]:
+    """Every array of an `.npz` (read fully, no pickles); missing or corrupt -> one-line UserError.
+
+    `what` says how to make the file (e.g. "score the run first (score_digits_checkpoint.py run=x)")."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} not found; {what or 'run the previous stage first'}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+        raise UserError(f"{path} is corrupt or truncated ({type(e).__name__}); delete it and "
+                        f"{what or 'rerun the stage that wrote it'}") from None
+
+
+# ----------------------------------------------------------------------------- tables
+def fmt(v: Any) -> str:
+    """A table cell: floats with 4 decimals (scientific below 1e-3), nan as 'nan'."""
+    if isinstance(v, (float, np.floating)):
+        v = float(v)
+        if math.isnan(v):
+            return "nan"
+        return f"{v:.2e}" if v != 0 and abs(v) < 1e-3 else f"{v:.4f}"
+    return str(v)
+
+
+def _columns(rows: list[dict[str, Any]]) -> list[str]:
+    cols: list[str] = []
+    for r in rows:
+        cols += [k for k in r if k not in cols]
+    return cols
+
+
+def markdown_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
+    """A GitHub markdown table of dict rows (columns: union of keys in first-seen order)."""
+    if not rows:
+        return "(no rows)\n"
+    cols = columns or _columns(rows)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_table(stem: str | os.PathLike, rows: list[dict[str, Any]], markdown: str | bool = True,
+                digits: int = 6) -> list[Path]:
+    """Write `stem`.csv (floats with `digits` significant digits) and `stem`.md atomically.
+
+    `markdown`: True -> a plain markdown table of the rows; a string -> that markdown text instead;
+    False -> no .md. Returns the paths written."""
+    stem = Path(stem)
+    cols = _columns(rows)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: f"{float(v):.{digits}g}" if isinstance(v, (float, np.floating)) else v for k, v in r.items()})
+    paths = [write_text(stem.with_suffix(".csv"), buf.getvalue())]
+    if markdown:
+        paths.append(write_text(stem.with_suffix(".md"), markdown if isinstance(markdown, str) else markdown_table(rows)))
+    return paths
+
+
+def read_table(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Rows of a .csv written by `write_table`, numbers and booleans parsed."""
+    def conv(v: str) -> Any:
+        for t in (int, float):
+            try:
+                return t(v)
+            except ValueError:
+                pass
+        return {"True": True, "False": False}.get(v, v)
+
+    with open(path, newline="") as f:
+        return [{k: conv(v) for k, v in r.items()} for r in csv.DictReader(f)]
+
+
+# ----------------------------------------------------------------------------- figures
+def plt():
+    """matplotlib.pyplot on the Agg backend (no screen needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as pyplot
+
+    return pyplot
+
+
+def save_figure(fig: Any, path: str | os.PathLike) -> Path:
+    """Write a figure as PNG (DPI, tight box) atomically and close it."""
+    path = atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=DPI, format="png", bbox_inches="tight"))
+    plt().close(fig)
+    return path
+
+
+def figure_png(fig: Any) -> bytes:
+    """A figure as PNG bytes, closed afterwards (for notebooks: IPython.display.Image)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=DPI, format="png", bbox_inches="tight")
+    plt().close(fig)
+    return buf.getvalue()

@@ -1,0 +1,261 @@
+"""The run record and the one way every later stage opens a run: `open_run(cfg) -> Run`.
+
+Training writes, under `pretrained/<run>/`:
+- `run.json`: the run record's config part — the resolved config (data, noise, model, train, ...),
+  its identity hash, the data set's identity, format version;
+- `record.npz`: the per-sample record (index, given/true label, is_noisy, duplicates, source index);
+- `epoch_XXX.pt`: model weights of a saved epoch (epoch 0 = initialisation), step and metrics;
+- `resume.pt`: the newest epoch's weights + optimizer + scheduler (what a resume needs, one file);
+- `stats/epoch_XXX.npz` (per epoch, appended) and `train_stats.npz` (all epochs, written at the end).
+
+A later stage takes `data.*` (except where the data lives now: `data.root`, `data.folder`,
+`data.num_workers`), `noise.*`, `model.*` and `train.*` from the record; from the command line only
+its own sections, `paths.*` and those three data keys. Giving a recorded key again with another value
+is refused in one line. Checkpoints are plain tensors/numbers/strings: `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import flatten, given_keys, identity_diff
+from .data import DataBundle, build_data
+from .distributed import Dist, setup
+from .errors import UserError
+from .io import atomic_write, load_npz, save_npz, write_text
+from .localization.etd import wrap_if_configured
+from .models import build_model
+
+FORMAT_VERSION = 2  # 1: config + record + optimizer inside every checkpoint (still readable)
+_EPOCH_RE = re.compile(r"epoch_(\d{3,})\.pt$")
+RECORDED = ("data", "noise", "model", "train")  # sections the run record owns
+DATA_LOCATION = ("data.root", "data.folder", "data.num_workers")  # may differ from the record: where data lives now
+RECORD_KEYS = ("index", "given_labels", "true_labels", "is_noisy", "is_duplicate", "duplicate_of", "source_index")
+
+
+# ----------------------------------------------------------------------------- paths
+def run_dir(cfg: dict[str, Any]) -> Path:
+    return Path(cfg["paths"]["pretrained"]) / cfg["run"]
+
+
+def score_dir(cfg: dict[str, Any]) -> Path:
+    return Path(cfg["paths"]["scores"]) / cfg["run"]
+
+
+def checkpoint_path(directory: Path, epoch: int) -> Path:
+    return Path(directory) / f"epoch_{epoch:03d}.pt"
+
+
+def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
+    """(epoch, path) of every saved epoch in a run directory, sorted by epoch."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted((int(m.group(1)), p) for p in directory.iterdir() if (m := _EPOCH_RE.search(p.name)))
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    atomic_write(path, lambda tmp: torch.save({"format_version": FORMAT_VERSION, **state}, tmp))
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load with `weights_only=True`; a corrupt or truncated file gives a one-line UserError."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} not found; train the run first (train_*.py run=...)")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any failure to read means the file is unusable
+        raise UserError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__}); "
+                        "delete it and resume from the previous epoch") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format_version") not in (1, FORMAT_VERSION) or "model" not in ckpt:
+        raise UserError(f"{path} is not a checkpoint of this toolkit (format {FORMAT_VERSION}); delete or move it")
+    return ckpt
+
+
+# ----------------------------------------------------------------------------- the record
+def record_to_numpy(record: dict[str, Any]) -> dict[str, Any]:
+    """The per-sample record as numpy arrays under the names score files use."""
+    return {
+        "index": np.asarray(record["index"]),
+        "given_label": np.asarray(record["given_labels"]),
+        "true_label": np.asarray(record["true_labels"]),
+        "is_noisy": np.asarray(record["is_noisy"]),
+        "is_duplicate": np.asarray(record["is_duplicate"]),
+        "duplicate_of": np.asarray(record["duplicate_of"]),
+        "dataset": np.array(record["dataset"]),
+        "noise_kind": np.array(record["noise_kind"]),
+        "noise_rate": np.array(record["noise_rate"]),
+        "noise_seed": np.array(record["noise_seed"]),
+    }
+
+
+def write_run_record(rdir: Path, cfg: dict[str, Any], record: dict[str, Any], identity: str) -> None:
+    """run.json (config, identity, data set description) + record.npz (per-sample arrays)."""
+    meta = {k: v for k, v in record.items() if k not in RECORD_KEYS}
+    public = {k: v for k, v in cfg.items() if not k.startswith("_")}
+    write_text(Path(rdir) / "run.json", json.dumps({"format_version": FORMAT_VERSION, "identity": identity,
+                                                   "config": public, "data": meta}, indent=1) + "\n")
+    save_npz(Path(rdir) / "record.npz", **{k: np.asarray(record[k]) for k in RECORD_KEYS})
+
+
+def read_run_record(rdir: Path) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """(config, record with tensors, identity) of a run; format-1 runs are read from their first checkpoint."""
+    rdir = Path(rdir)
+    if (rdir / "run.json").is_file():
+        try:
+            head = json.loads((rdir / "run.json").read_text())
+        except json.JSONDecodeError as e:
+            raise UserError(f"{rdir / 'run.json'} is corrupt ({e.msg} at line {e.lineno}); retrain the run") from None
+        arrays = load_npz(rdir / "record.npz", "retrain the run")
+        record = {**head["data"], **{k: torch.from_numpy(arrays[k]) for k in RECORD_KEYS}}
+        return head["config"], record, head["identity"]
+    ckpts = list_checkpoints(rdir)
+    if not ckpts:
+        raise UserError(f"no run record in {rdir}")
+    ckpt = load_checkpoint(ckpts[0][1])
+    return ckpt["config"], ckpt["record"], ckpt.get("identity", "")
+
+
+# ----------------------------------------------------------------------------- models
+def model_for(cfg: dict[str, Any], record: dict[str, Any]) -> nn.Module:
+    """The configured model for a data set record (no weights loaded)."""
+    m = cfg["model"]
+    model = build_model(m["name"], record["num_classes"], record["in_channels"], record["image_size"],
+                        m["width"], m["activation"])
+    return wrap_if_configured(model, m)  # example-tied dropout when model.etd_p_mem > 0
+
+
+# ----------------------------------------------------------------------------- opening a run
+def merge_run_config(recorded: dict[str, Any], cfg: dict[str, Any], name: str) -> dict[str, Any]:
+    """The recorded config with this command's own sections, paths and data location.
+
+    Keys of the recorded sections given on this command line (or in an explicit --config) must equal
+    the recorded value; anything else is refused in one line naming the key and the recorded value."""
+    given = given_keys(cfg)
+    rec_flat = flatten(recorded)
+    for key, value in given.items():
+        if key.split(".")[0] in RECORDED and key not in DATA_LOCATION and key in rec_flat and rec_flat[key] != value:
+            raise UserError(f"{key}={value!r} differs from run {name!r}, recorded with {key}={rec_flat[key]!r}; "
+                            "later stages take it from the run record: drop the override")
+    out = copy.deepcopy(recorded)
+    for section, value in cfg.items():
+        if section not in RECORDED and section not in ("run", "resume"):
+            out[section] = copy.deepcopy(value)
+    out["run"] = name
+    for key in DATA_LOCATION:
+        leaf = key.split(".")[1]
+        if key in given:
+            out["data"][leaf] = given[key]
+    out["data"]["download"] = False  # a later stage never downloads
+    if "_given" in cfg:
+        out["_given"] = dict(given)
+    return out
+
+
+@dataclass
+class Run:
+    """A trained run opened by name: its merged config, per-sample record, checkpoints and directories."""
+
+    cfg: dict[str, Any]
+    record: dict[str, Any]
+    identity: str
+    ckpts: list[tuple[int, Path]]
+    dir: Path
+    scores: Path
+    dist: Dist
+
+    @property
+    def name(self) -> str:
+        return self.cfg["run"]
+
+    @property
+    def epochs(self) -> list[int]:
+        return [e for e, _ in self.ckpts]
+
+    def checkpoint(self, epoch: int = -1, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+        """The checkpoint of `epoch` (negative: counted back from the last saved epoch, -1 = last)."""
+        epochs = self.epochs
+        if epoch < 0:
+            if -epoch > len(epochs):
+                raise UserError(f"run {self.name} has only {len(epochs)} saved epochs")
+            epoch = epochs[epoch]
+        if epoch not in epochs:
+            raise UserError(f"run {self.name} has no checkpoint of epoch {epoch}; saved epochs: {epochs}")
+        return load_checkpoint(dict(self.ckpts)[epoch], map_location)
+
+    def load_model(self, epoch: int = -1, device: torch.device | str = "cpu") -> nn.Module:
+        """The model of a saved epoch, weights loaded, in eval mode, on `device`."""
+        model = model_for(self.cfg, self.record)
+        model.load_state_dict(self.checkpoint(epoch)["model"])
+        return model.to(device).eval()
+
+    @functools.cached_property
+    def data(self) -> DataBundle:
+        """The run's own data set (built from the record's config, never downloaded), labels checked."""
+        data = build_data(self.cfg)
+        if not torch.equal(data.record["given_labels"], self.record["given_labels"]):
+            raise UserError(f"the data under {self.cfg['data']['root'] or '$DATA_ROOT'} gives run {self.name} "
+                            "other labels than it was trained on; point data.root / $DATA_ROOT at its data")
+        return data
+
+    def stats(self) -> dict[str, np.ndarray]:
+        """Per-sample training statistics (E, N) + record: stats/epoch_XXX.npz stacked, else train_stats.npz."""
+        return load_stats(self.dir, f"train the run first (train_*.py run={self.name})")
+
+    def record_arrays(self) -> dict[str, Any]:
+        return record_to_numpy(self.record)
+
+
+def open_run(cfg: dict[str, Any]) -> Run:
+    """Open `cfg['run']` under `paths.pretrained` (see the module docstring for what comes from where)."""
+    name = cfg["run"]
+    rdir = run_dir(cfg)
+    ckpts = list_checkpoints(rdir)
+    if not ckpts:
+        raise UserError(f"no run {name!r} in {rdir.parent}/ (no checkpoints in {rdir}); train it first "
+                        f"(train_<dataset>.py run={name}) or set paths.pretrained=")
+    recorded, record, identity = read_run_record(rdir)
+    merged = merge_run_config(recorded, cfg, name)
+    return Run(merged, record, identity, ckpts, rdir, score_dir(merged), setup())
+
+
+# ----------------------------------------------------------------------------- training statistics
+STAT_KEYS = ("loss", "correct", "margin")
+
+
+def stats_path(rdir: Path, epoch: int) -> Path:
+    return Path(rdir) / "stats" / f"epoch_{epoch:03d}.npz"
+
+
+def load_stats(rdir: Path, what: str = "") -> dict[str, np.ndarray]:
+    """epochs (E,), loss/correct/margin (E, N), test_loss/test_acc (E,) and the record arrays."""
+    rdir = Path(rdir)
+    files = sorted((rdir / "stats").glob("epoch_*.npz")) if (rdir / "stats").is_dir() else []
+    if not files:
+        return load_npz(rdir / "train_stats.npz", what)
+    rows = [load_npz(f) for f in files]
+    out = {"epochs": np.array([int(r["epoch"]) for r in rows], np.int64)}
+    for k in STAT_KEYS:
+        out[k] = np.stack([r[k] for r in rows])
+    out["test_loss"] = np.array([float(r["test_loss"]) for r in rows], np.float32)
+    out["test_acc"] = np.array([float(r["test_acc"]) for r in rows], np.float32)
+    _, record, _ = read_run_record(rdir)
+    return {**out, **record_to_numpy(record)}
+
+
+def describe_diff(recorded: dict[str, Any], cfg: dict[str, Any]) -> str:
+    """'noise.rate: run 0.05, now 0.1; ...' for the run-defining keys that differ."""
+    diff = identity_diff(recorded, cfg)
+    return "; ".join(f"{k}: run {a!r}, now {b!r}" for k, (a, b) in diff.items())

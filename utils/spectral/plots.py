@@ -1,0 +1,130 @@
+"""Figures of the ESM grid: eigenvalue distributions with the fitted MP law, ESM (or the top-10 share)
+against the step, ROC curves of ESM. Each `figure_*` returns a matplotlib figure (Agg backend, from
+`utils.io.plt`); `all_figures` writes them with `utils.io.save_figure`, a notebook shows them with
+`utils.io.figure_png`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..io import plt, save_figure
+from ..metrics import roc
+from . import rmt
+
+
+def spectrum_grid(s: dict[str, Any]) -> str:
+    """The grid a spectrum belongs to: its stored `grid`, else its run name less `_<condition>_s<seed>`."""
+    return str(s["grid"]) if "grid" in s else str(s["run"]).rsplit("_", 2)[0]
+
+
+def plot_spectrum(ax: Any, s: dict[str, Any], tw_quantile: float = 0.99, label: str = "") -> None:
+    """Eigenvalue distribution of one spectrum on a log axis: SLQ mass of the bulk per log-bin, the
+    fitted MP law's mass per bin (same normalisation), the top-k eigenvalues (ticks), lambda_+ and
+    the margined edge."""
+    res = rmt.esm_from_spectrum(s, tw_quantile)
+    fit = res.fit
+    ev = np.asarray(s["eigenvalues"])
+    nodes, weights = np.asarray(s["slq_nodes"]), np.asarray(s["slq_weights"])
+    hi = max(float(ev.max()), fit.edge) * 2
+    lo = max(hi * 1e-7, 1e-12)
+    edges = np.logspace(np.log10(lo), np.log10(hi), 60)
+    mass = np.zeros(len(edges) - 1)
+    for nd, wt in zip(nodes, weights):
+        mass += np.histogram(nd, bins=edges, weights=wt)[0]
+    mass /= len(nodes)
+    ax.stairs(np.maximum(mass, 1e-9), edges, color="0.4", label="bulk (SLQ, deflated)")
+    x = np.sqrt(edges[1:] * edges[:-1])
+    mp = rmt.mp_density(x, fit.sigma2, fit.gamma) * np.diff(edges)
+    ax.plot(x, np.maximum(mp, 1e-9), "g-", lw=1.2, label=f"MP fit (gamma={fit.gamma:.3g})")
+    ax.axvline(fit.lam_plus, color="g", ls=":", lw=1)
+    ax.axvline(fit.edge, color="g", ls="--", lw=1, label="edge + TW margin")
+    out = ev > fit.edge
+    ax.plot(ev[out], np.full(out.sum(), 2e-1), "|", color="C3", ms=12, label=f"top-k above edge ({out.sum()})")
+    ax.plot(ev[~out], np.full((~out).sum(), 2e-1), "|", color="C0", ms=12)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_ylim(1e-6, 1.5)
+    ax.set_xlabel("Hessian eigenvalue")
+    ax.set_ylabel("spectral mass per bin")
+    ax.set_title(f"{label or s['run']} step {s['step']}: ESM={res.esm:.2f}", fontsize=8)
+    ax.legend(fontsize=6, loc="lower left")
+
+
+def figure_spectra(spectra: list[dict[str, Any]], step: int, tw_quantile: float = 0.99) -> Any:
+    """One row per grid: the first clean and the first random run at `step`."""
+    grids = sorted({spectrum_grid(s) for s in spectra})
+    fig, axes = plt().subplots(len(grids), 2, figsize=(10, 3.4 * len(grids)), squeeze=False)
+    for gi, grid in enumerate(grids):
+        for ci, cond in enumerate(("none", "random")):
+            pick = sorted((s for s in spectra if spectrum_grid(s) == grid and s["noise_kind"] == cond
+                           and int(s["step"]) == step), key=lambda s: int(s["seed"]))
+            ax = axes[gi, ci]
+            if pick:
+                plot_spectrum(ax, pick[0], tw_quantile, f"{grid} {'clean' if cond == 'none' else 'random'} s{pick[0]['seed']}")
+            else:
+                ax.set_axis_off()
+    fig.tight_layout()
+    return fig
+
+
+def figure_esm_vs_step(values: list[dict[str, Any]], key: str = "esm") -> Any:
+    """`key` (esm or top10_share) against the capture step, one panel per grid, one line per run."""
+    grids = sorted({v["grid"] for v in values})
+    fig, axes = plt().subplots(1, len(grids), figsize=(4.2 * len(grids), 3.4), squeeze=False)
+    for ax, grid in zip(axes[0], grids):
+        runs = sorted({v["run"] for v in values if v["grid"] == grid})
+        for run in runs:
+            rows = sorted((v for v in values if v["run"] == run), key=lambda v: v["step"])
+            c = "C0" if rows[0]["condition"] == "clean" else "C3"
+            ax.plot([r["step"] for r in rows], [r[key] for r in rows], "o-", color=c, alpha=0.7, ms=3)
+        if key == "esm":
+            thr = np.median([v["threshold"] for v in values if v["grid"] == grid])
+            ax.axhline(thr, color="k", ls="--", lw=1, label=f"MP null threshold (median {thr:.3g})")
+            ax.axhline(rmt.BALANCE_THRESHOLD, color="k", ls="-", lw=1,
+                       label=f"balance threshold {rmt.BALANCE_THRESHOLD:g}")
+        ax.plot([], [], "o-", color="C0", label="clean")
+        ax.plot([], [], "o-", color="C3", label="random labels")
+        ax.set_xscale("log")
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(key)
+        ax.set_title(grid, fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def figure_roc(values: list[dict[str, Any]]) -> Any:
+    """ROC of ESM (clean = positive) per grid, one curve per step, AUC in the legend."""
+    grids = sorted({v["grid"] for v in values})
+    fig, axes = plt().subplots(1, len(grids), figsize=(3.6 * len(grids), 3.4), squeeze=False)
+    for ax, grid in zip(axes[0], grids):
+        for i, step in enumerate(sorted({v["step"] for v in values if v["grid"] == grid})):
+            rows = [v for v in values if v["grid"] == grid and v["step"] == step]
+            fpr, tpr, _, auc = roc(np.array([r["esm"] for r in rows]), np.array([r["condition"] == "clean" for r in rows]))
+            ax.plot(fpr, tpr, color=f"C{i}", label=f"step {step}: AUC {auc:.2f}")
+        ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+        ax.set_xlabel("false positive rate (random called clean)")
+        ax.set_ylabel("true positive rate")
+        ax.set_title(grid, fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def all_figures(spectra: list[dict[str, Any]], values: list[dict[str, Any]], root: Path,
+                tw_quantile: float = 0.99) -> list[Path]:
+    """spectra_stepXXXXX.png for every step, esm_vs_step.png, top10_vs_step.png, roc.png under root;
+    returns the paths written (nothing when there are no spectra)."""
+    root = Path(root)
+    if not spectra:
+        return []
+    paths = [save_figure(figure_spectra(spectra, step, tw_quantile), root / f"spectra_step{step:05d}.png")
+             for step in sorted({int(s["step"]) for s in spectra})]
+    paths.append(save_figure(figure_esm_vs_step(values), root / "esm_vs_step.png"))
+    paths.append(save_figure(figure_esm_vs_step(values, "top10_share"), root / "top10_vs_step.png"))
+    paths.append(save_figure(figure_roc(values), root / "roc.png"))
+    return paths
