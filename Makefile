@@ -26,5 +26,14 @@ test: setup
 lint: setup
 	$(BIN)/ruff check .
 
+# One command on a GPU machine (<= 8 min on one H200): precision vs fp64, device-resident vs DataLoader throughput,
+# the paper recipe on CIFAR-10 dev with online scoring and its AUROC table -> $(GPU_CHECK_OUT)/summary.{json,md}.
+# Needs $(DATA_ROOT)/cifar10-jpeg-dev; no install step (runs with .venv's python if there is one, else $(PY)).
+.PHONY: gpu-check
+GPU_CHECK_OUT ?= benchmarks/results/gpu_check
+GPU_PY = $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PY))
+gpu-check:
+	$(GPU_PY) benchmarks/gpu_check.py --data-root "$(DATA_ROOT)" --out "$(GPU_CHECK_OUT)" $(GPU_CHECK_ARGS)
+
 clean:
 	rm -rf pretrained curv_scores logs

@@ -239,3 +239,21 @@ def test_roc_legend_lists_every_score_of_the_table(noisy_run, monkeypatch):
     res = analyze(noisy_run, progress=False)
     table = [r["label"] for r in res["rows"] if r["target"] == "mislabeled" and r["group"] == "score"]
     assert seen["roc.png"] == table
+
+
+def test_regime_curve_running_means(noisy_run):
+    """The last regime row is the run's final AUROCs; earlier rows use only the epochs up to them."""
+    from utils.curvature.regime import write_regime
+
+    cfg = noisy_run
+    rec = load_npz(run_dir(cfg) / "train_stats.npz")
+    noisy = rec["is_noisy"]
+    per_epoch = np.stack([1.0 - noisy, 3.0 * noisy, np.ones(len(noisy))])  # reversed, then perfect, then flat
+    write_scores(cfg, per_epoch.mean(0), per_epoch, np.array([0, 1, 3]))
+    rows, paths = write_regime(cfg)
+    assert [r["epoch"] for r in rows] == [0, 1, 3]
+    assert rows[0]["curvature"] == 0.0 and rows[1]["curvature"] == 1.0  # mean of epochs 0..1 is 0.5 + noisy
+    assert rows[-1]["cumulative_loss"] == pytest.approx(auroc(rec["loss"].sum(0), noisy))
+    assert "confident_learning" in rows[-1] and "confident_learning" not in rows[0]  # no CL for the initialisation
+    assert rows[-1]["noisy_acc"] == pytest.approx(float(rec["correct"][-1][noisy].mean()))
+    assert {p.name for p in paths} == {"regime.csv", "regime.md", "regime.png"}

@@ -7,13 +7,14 @@ import pytest
 import torch
 
 from utils.config import identity_hash
+from utils.curvature.scoring import score_model, score_run
 from utils.data import build_data, make_loader
 from utils.device_data import DeviceDataset, DeviceLoader, augment_params, bundle_on_device, crop_flip
 from utils.distributed import Dist
 from utils.errors import UserError
 from utils.evaluate import evaluate
 from utils.models import build_model
-from utils.runs import load_checkpoint
+from utils.runs import load_checkpoint, open_run
 from utils.train import train
 
 from .conftest import tiny_cfg, write_image_folder
@@ -142,3 +143,18 @@ def test_on_device_training_resumes_bit_identically(tmp_path):
     assert not all(torch.equal(e1[k], v) for k, v in load_checkpoint(dl / "epoch_001.pt")["model"].items())
     with np.load(full / "train_stats.npz") as z:
         assert z["loss"].shape == (2, 36) and np.isfinite(z["loss"]).all()
+
+
+def test_device_run_scores_match_the_dataloader_path(tmp_path):
+    cfg = _folder_cfg(tmp_path, "data.on_device=true", "train.epochs=1", "score.online=true", "run=scored")
+    train(cfg)
+    f = tmp_path / "curv_scores" / "scored" / "epoch_001.npz"
+    with np.load(f) as z:
+        online = z["curvature"]
+    f.unlink()
+    score_run(cfg)  # the offline scorer of a device run scores from device batches too
+    with np.load(f) as z:
+        offline = z["curvature"]
+    run = open_run(cfg)
+    plain = score_model(run.load_model(1), {"train": run.data.train_eval}, cfg["score"], 1, CPU)["curvature"]
+    assert np.array_equal(online, offline) and np.array_equal(online, plain) and np.isfinite(plain).all()

@@ -73,10 +73,10 @@ DEFAULTS: dict[str, Any] = {
         "checkpoint_every": 1,  # save every k-th epoch (epoch 0 and the last are always saved)
         "compile": False,  # torch.compile the training forward (CUDA; evaluation and scoring stay eager)
     },
-    # analyze_curvature.py / find_duplicates.py / fz_memorization.py (utils/analysis.py, duplicates.py, memorization.py)
+    # analyze_curvature.py / find_duplicates.py / fz_memorization.py (utils/curvature/)
     "analysis": {
         "top_k": 32,  # images in the top-curvature grid
-        "cl_probs": "auto",  # Confident Learning probabilities: auto (cv on digits, best otherwise) | cv | best
+        "cl_probs": "auto",  # Confident Learning probabilities: auto (cv on digits, best otherwise) | cv | best | none (skip)
         "cv_folds": 5,  # folds of the out-of-sample probabilities
         "seed": 0,  # CV folds, FZ subsets and initialisations
         "dup_top": 100,  # duplicate finder: search from the top-k curvature samples (0 = all)
@@ -92,6 +92,8 @@ DEFAULTS: dict[str, Any] = {
         "fz_batch_size": 0,  # 0 = the run's train.batch_size
         "fz_chunk": 100,  # models trained at once (memory)
         "fz_bins": 10,  # bins of the mem-vs-curvature plot
+        "regime_points": "",  # regime_curve.py: CSV of other runs' final points (run,test_acc,noisy_acc,score,auroc)
+        "regime_cl": True,  # regime_curve.py: Confident Learning per saved epoch (one forward pass per checkpoint)
     },
     "score": {
         "method": "fd",  # fd (the paper's finite difference, reuses grad l(x)) | exact (double-backward HVP)
@@ -124,7 +126,7 @@ DEFAULTS: dict[str, Any] = {
         "retrain_examples": 0,  # >0: retrain on the first k clean training examples only
         "seed": 0,
     },
-    "spectrum": {  # parameter-Hessian spectra (utils/hessian.py, utils/spectral.py, utils/esm.py)
+    "spectrum": {  # parameter-Hessian spectra (utils/spectral/: hessian.py, rmt.py, esm.py)
         "top_k": 30,  # Lanczos eigenvalues kept
         "lanczos_iter": 80,  # Lanczos steps (full reorthogonalization)
         "tol": 0.0,  # Ritz-residual tolerance relative to |lambda|_max; 0 = always run lanczos_iter steps
@@ -136,7 +138,7 @@ DEFAULTS: dict[str, Any] = {
         "tw_quantile": 0.99,  # Tracy-Widom quantile of the MP edge margin (null false-outlier rate per spectrum)
     },
     "esm": {  # early spectral memorization grid (esm_experiment.py / analyse_esm.py)
-        "name": "",  # grid name: outputs under <paths.scores>/esm/<name>_<condition>_s<seed>/; "" = data_model
+        "name": "",  # optional tag appended to <data set>_<model>[_w<width>]; outputs under <paths.scores>/esm/<grid>/<condition>_s<seed>/
         "steps": [100, 500, 2000],  # optimizer steps at which the spectrum is captured
         "seeds": [0, 1, 2, 3, 4],  # train.seed = noise.seed of each run
         "conditions": ["none", "random"],  # noise.kind per condition (noise.rate 1.0 for random)

@@ -26,34 +26,41 @@ import torch.nn.functional as F
 
 from .data import DataBundle, GlobalBatchSampler, IndexedDataset, TensorTransform
 from .errors import UserError
-from .hashing import fmix32, key_hash, mix_index
+from .hashing import M32, fmix32
 
 _AUG_STREAM = 0xA06  # keeps augmentation hashes apart from other users of utils.hashing
-_SALT = (0x68E31DA4, 0xB5297A4D, 0x1B56C4E9)  # row offset, column offset, flip
+
+
+def _key(*keys: int) -> int:
+    """`utils.hashing.key_hash` of small non-negative integers, as a Python int: a scalar operand of the per-batch
+    kernels, so no host-to-device copy (a pageable copy would synchronise the stream every batch)."""
+    h = 0
+    for k in keys:
+        h = fmix32(h ^ ((k * 0x9E3779B1 + 0x632BE5AB) & M32))
+    return h
 
 
 def augment_params(index: torch.Tensor, pad: int, seed: int, epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-sample crop offsets and flips for sample indices (B,) int64: (top (B,), left (B,)) int64 in [0, 2*pad]
-    (pixels into the padded image) and flip (B,) bool; a hash of (seed, epoch, index) on index's device."""
-    h = mix_index(key_hash(seed, epoch, _AUG_STREAM, device=index.device), index).view(-1)  # (B,) 32-bit values
-    top, left, flip = (fmix32(h ^ s) for s in _SALT)
+    (pixels into the padded image) and flip (B,) bool, on index's device. Disjoint bits of one 32-bit hash of
+    (seed, epoch, index) (both halves of the index folded in with MurmurHash3's finaliser, as `mix_index`)."""
+    idx = index.to(torch.int64)
+    h = fmix32(fmix32((idx & M32) ^ _key(seed, epoch, _AUG_STREAM)) ^ ((idx >> 32) & M32))  # (B,) 32-bit values
     span = 2 * pad + 1
-    return top % span, left % span, (flip >> 31) == 1
+    return (h & 0xFFFF) % span, ((h >> 16) & 0x7FFF) % span, (h >> 31) == 1
 
 
 def crop_flip(images: torch.Tensor, top: torch.Tensor, left: torch.Tensor, flip: torch.Tensor, pad: int) -> torch.Tensor:
     """Batched pad-`pad` crop + horizontal flip of images (B, C, H, W) (any dtype): sample b shows rows
     top[b]..top[b]+H-1 and columns left[b]..left[b]+W-1 of its zero-padded image, mirrored when flip[b]
-    (exactly `TensorTransform`'s crop, then flip). Two gathers, no Python loop over samples."""
+    (exactly `TensorTransform`'s crop, then flip). One gather, no Python loop over samples."""
     b, c, h, w = images.shape
     x = F.pad(images, (pad, pad, pad, pad)) if pad > 0 else images
-    ar_h = torch.arange(h, device=images.device)
     ar_w = torch.arange(w, device=images.device)
-    if pad > 0:
-        rows = top.view(b, 1) + ar_h.view(1, h)  # (B, H)
-        x = x.gather(2, rows.view(b, 1, h, 1).expand(b, c, h, x.shape[3]))
     cols = left.view(b, 1) + torch.where(flip.view(b, 1), (w - 1) - ar_w, ar_w)  # (B, W)
-    return x.gather(3, cols.view(b, 1, 1, w).expand(b, c, h, w))
+    rows = top.view(b, 1) + torch.arange(h, device=images.device)  # (B, H)
+    flat = rows.view(b, h, 1) * (w + 2 * pad) + cols.view(b, 1, w)  # (B, H, W) into the padded (Hp * Wp) plane
+    return x.reshape(b, c, -1).gather(2, flat.view(b, 1, h * w).expand(b, c, h * w)).view(b, c, h, w)
 
 
 class DeviceDataset:
@@ -93,12 +100,12 @@ class DeviceDataset:
 
         An augmenting dataset (the training set) needs the (seed, epoch) keys of its crops and flips."""
         index = index.to(self.device, torch.int64)
-        img = self.images[self.source[index]]  # (B, C, H, W) uint8
+        x = self.images[self.source[index]].float()  # (B, C, H, W), the uint8 values
         if self.augment:
             if seed is None or epoch is None:
                 raise ValueError("an augmenting DeviceDataset needs the seed and epoch of its augmentation")
-            img = crop_flip(img, *augment_params(index, self.pad, seed, epoch), pad=self.pad)
-        x = img.float() / self.scale  # the same operations as TensorTransform: bit-identical un-augmented batches
+            x = crop_flip(x, *augment_params(index, self.pad, seed, epoch), pad=self.pad)  # exact copies and zeros
+        x = x / self.scale  # the same float operations as TensorTransform: bit-identical un-augmented batches
         return (x - self.mean) / self.std, self.labels[index]
 
 

@@ -28,9 +28,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import flatten, given_keys, identity_diff
+from .config import DEFAULTS, flatten, given_keys, identity_diff
 from .data import DataBundle, build_data
-from .distributed import Dist, setup
+from .distributed import Dist, broadcast_object, setup
 from .errors import UserError
 from .io import atomic_write, load_npz, save_npz, write_text
 from .localization.etd import wrap_if_configured
@@ -149,7 +149,13 @@ def merge_run_config(recorded: dict[str, Any], cfg: dict[str, Any], name: str) -
         if key.split(".")[0] in RECORDED and key not in DATA_LOCATION and key in rec_flat and rec_flat[key] != value:
             raise UserError(f"{key}={value!r} differs from run {name!r}, recorded with {key}={rec_flat[key]!r}; "
                             "later stages take it from the run record: drop the override")
-    out = copy.deepcopy(recorded)
+    out = copy.deepcopy(DEFAULTS)  # keys added since the run was trained keep their defaults
+    for key, value in flatten(recorded).items():
+        node = out
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = copy.deepcopy(value)
     for section, value in cfg.items():
         if section not in RECORDED and section not in ("run", "resume"):
             out[section] = copy.deepcopy(value)
@@ -193,7 +199,12 @@ class Run:
             epoch = epochs[epoch]
         if epoch not in epochs:
             raise UserError(f"run {self.name} has no checkpoint of epoch {epoch}; saved epochs: {epochs}")
-        return load_checkpoint(dict(self.ckpts)[epoch], map_location)
+        if self.dist.world == 1:
+            return load_checkpoint(dict(self.ckpts)[epoch], map_location)
+        # rank 0 reads, every rank gets the same tensors (no shared file system needed)
+        got = broadcast_object(_try(load_checkpoint, dict(self.ckpts)[epoch], map_location) if self.dist.is_main
+                               else None)
+        return _raise_or(got)
 
     def load_model(self, epoch: int = -1, device: torch.device | str = "cpu") -> nn.Module:
         """The model of a saved epoch, weights loaded, in eval mode, on `device`."""
@@ -218,17 +229,38 @@ class Run:
         return record_to_numpy(self.record)
 
 
-def open_run(cfg: dict[str, Any]) -> Run:
-    """Open `cfg['run']` under `paths.pretrained` (see the module docstring for what comes from where)."""
-    name = cfg["run"]
-    rdir = run_dir(cfg)
+def _try(fn: Any, *args: Any) -> Any:
+    """fn(*args), or ("__error__", message) for a UserError (so rank 0 can broadcast a failure, not hang)."""
+    try:
+        return fn(*args)
+    except UserError as e:
+        return ("__error__", str(e))
+
+
+def _raise_or(value: Any) -> Any:
+    if isinstance(value, tuple) and len(value) == 2 and value[0] == "__error__":
+        raise UserError(value[1])
+    return value
+
+
+def _read(cfg: dict[str, Any]) -> tuple[list[tuple[int, Path]], dict[str, Any], dict[str, Any], str]:
+    name, rdir = cfg["run"], run_dir(cfg)
     ckpts = list_checkpoints(rdir)
     if not ckpts:
         raise UserError(f"no run {name!r} in {rdir.parent}/ (no checkpoints in {rdir}); train it first "
                         f"(train_<dataset>.py run={name}) or set paths.pretrained=")
-    recorded, record, identity = read_run_record(rdir)
-    merged = merge_run_config(recorded, cfg, name)
-    return Run(merged, record, identity, ckpts, rdir, score_dir(merged), setup())
+    return (ckpts, *read_run_record(rdir))
+
+
+def open_run(cfg: dict[str, Any]) -> Run:
+    """Open `cfg['run']` under `paths.pretrained` (see the module docstring for what comes from where).
+
+    Under torchrun rank 0 reads the directory and broadcasts what it found, so ranks never disagree."""
+    dist = setup()
+    found = _try(_read, cfg) if dist.is_main else None
+    ckpts, recorded, record, identity = _raise_or(broadcast_object(found))
+    merged = merge_run_config(recorded, cfg, cfg["run"])
+    return Run(merged, record, identity, ckpts, run_dir(cfg), score_dir(merged), dist)
 
 
 # ----------------------------------------------------------------------------- training statistics

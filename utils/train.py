@@ -226,7 +226,7 @@ def train(cfg: dict[str, Any], callbacks: list[Callback] | tuple = ()) -> Path:
             optimizer.step()
             state.scheduler.step()
             state.step += 1
-            if (i + 1) % k == 0 or i + 1 == len(sizes):  # one host sync every k steps
+            if (i + 1) % k == 0 or i + 1 == len(sizes) or state.step >= total_steps:  # one host sync every k steps
                 mean = float(running[0] / running[1])
                 if not math.isfinite(mean):
                     last = list_checkpoints(rdir)[-1][1]

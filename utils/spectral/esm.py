@@ -31,10 +31,11 @@ from torch import nn
 
 from ..callbacks import Callback, TrainState
 from ..config import identity_hash
-from ..distributed import Dist, barrier, broadcast_object, setup
+from ..distributed import Dist, all_reduce_sum, barrier, broadcast_object, setup
 from ..errors import UserError
 from ..evaluate import fp32
 from ..io import markdown_table, save_npz, write_table
+from ..models import forward
 from ..runs import run_dir
 from ..train import train
 from .hessian import HessianOperator, batches_from_dataset, lanczos, slq
@@ -82,6 +83,7 @@ def compute_spectrum(model: nn.Module, dataset: Any, cfg: dict[str, Any], dist: 
         q = slq(op, op.dim, n_probes=s["slq_probes"], n_iter=s["slq_iter"], device=device, dtype=dtype,
                 generator=gen, deflate=vecs)
     del vecs
+    fit = _fit_stats(op)
     out = {
         "eigenvalues": vals.numpy(),
         "residuals": np.asarray(info["residuals"], np.float64),
@@ -93,12 +95,29 @@ def compute_spectrum(model: nn.Module, dataset: Any, cfg: dict[str, Any], dist: 
         "trace": np.float64(q.trace + float(vals.sum())),
         "sq_trace": np.float64(q.sq_trace + float((vals ** 2).sum())),
         "n_params": np.int64(op.dim), "n_samples": np.int64(op.n_samples),
-        "loss": np.float64(loss), "grad_norm": np.float64(float(grad.norm())),
+        "loss": np.float64(loss), "grad_norm": np.float64(float(grad.norm())), **fit,
         "n_matvec": np.int64(op.n_matvec), "seconds": np.float64(time.time() - t0),
         "spectrum_version": np.int64(SPECTRUM_VERSION),
     }
     del op
     return out
+
+
+@torch.no_grad()
+def _fit_stats(op: HessianOperator) -> dict[str, np.ndarray]:
+    """How well the model fits the Hessian sample set (its own, possibly random, labels; eval mode):
+    accuracy, and the Gauss-Newton weights w_i = tr A_i = 1 - |p_i|^2 (A_i = diag p_i - p_i p_i^T, the
+    softmax Hessian) as gn_weight_mean = mean w_i and gn_n_eff = (sum w)^2 / sum w^2 (how many samples
+    carry the Gauss-Newton curvature). All-reduced sums, so every rank gets the global values."""
+    acc = torch.zeros(3, dtype=torch.float64, device=op.device)
+    with fp32(op.device):
+        for idx, x, y in op.batches:
+            p = torch.softmax(forward(op.model, x, idx).double(), -1)
+            w = 1.0 - (p * p).sum(-1)
+            acc += torch.stack([(p.argmax(-1) == y).sum().double(), w.sum(), (w * w).sum()])
+    correct, sw, sw2 = (float(v) for v in all_reduce_sum(acc))
+    return {"accuracy": np.float64(correct / op.n_samples), "gn_weight_mean": np.float64(sw / op.n_samples),
+            "gn_n_eff": np.float64(sw * sw / sw2 if sw2 > 0 else 0.0)}
 
 
 def dataset_name(cfg: dict[str, Any]) -> str:
@@ -143,22 +162,36 @@ def write_spectrum(cfg: dict[str, Any], model: nn.Module, dataset: Any, out_path
 
 class SpectrumCallback(Callback):
     """Capture the spectrum at the given optimizer steps into `out_dir/step_XXXXX.npz` (extra keyword
-    arrays are stored in every file); asks the loop to stop after the last of them."""
+    arrays are stored in every file); asks the loop to stop after the last of them. Each file also holds
+    running_loss (mean per-sample training loss of the last RUNNING batches, this rank's, augmented) and
+    run_seconds (wall time since the start of training, this capture included)."""
+
+    RUNNING = 20
 
     def __init__(self, cfg: dict[str, Any], out_dir: str | Path, steps: list[int], **extra: Any) -> None:
         self.cfg, self.out_dir, self.steps = cfg, Path(out_dir), sorted({int(s) for s in steps})
         self.extra = extra
         self.indices: np.ndarray | None = None
+        self.t0 = time.time()
+        self.recent: list[tuple[torch.Tensor, int]] = []  # (sum of per-sample losses, count), last RUNNING batches
 
     def on_train_start(self, state: TrainState) -> None:
         s = self.cfg["spectrum"]
         self.indices = sample_indices(len(state.data.train_eval), s["n_samples"], s["seed"])
+        self.t0, self.recent = time.time(), []
+
+    def on_batch_loss(self, state: TrainState, losses: torch.Tensor, index: torch.Tensor, loss: torch.Tensor) -> None:
+        # kept as tensors: no device synchronisation per step
+        self.recent = [*self.recent[-(self.RUNNING - 1):], (losses.detach().float().sum(), int(losses.numel()))]
 
     def on_step_end(self, state: TrainState) -> None:
         if state.step not in self.steps:
             return
+        n = max(sum(c for _, c in self.recent), 1)
         arrays = _captured(self.cfg, state.model, state.data.train_eval, state.dist, self.indices, **self.extra,
-                           step=np.int64(state.step), epoch=np.int64(state.epoch))
+                           step=np.int64(state.step), epoch=np.int64(state.epoch),
+                           running_loss=np.float64(sum(float(v) for v, _ in self.recent) / n))
+        arrays["run_seconds"] = np.float64(time.time() - self.t0)
         if state.dist.is_main:
             save_npz(self.out_dir / f"step_{state.step:05d}.npz", **arrays)
         if state.step >= self.steps[-1]:

@@ -20,25 +20,37 @@ def spectrum_grid(s: dict[str, Any]) -> str:
     return str(s["grid"]) if "grid" in s else str(s["run"]).rsplit("_", 2)[0]
 
 
+def log_bins(s: dict[str, Any], fit: rmt.MPFit, n_bins: int = 60, decades: float = 7.0) -> np.ndarray:
+    """Log-spaced bin edges from 10^-decades times the top of the plot (2 x max(lambda_1, edge)) up to it."""
+    hi = max(float(np.max(s["eigenvalues"])), fit.edge) * 2
+    return np.logspace(np.log10(max(hi * 10 ** -decades, 1e-300)), np.log10(hi), n_bins + 1)
+
+
+def slq_bin_mass(s: dict[str, Any], edges: np.ndarray) -> np.ndarray:
+    """The deflated bulk's spectral mass per bin: SLQ quadrature weights summed per bin, averaged over probes
+    (each probe's weights sum to 1, so the bins hold the share of the bulk's dim eigenvalues in them)."""
+    nodes, weights = np.atleast_2d(s["slq_nodes"]), np.atleast_2d(s["slq_weights"])
+    return np.mean([np.histogram(nd, bins=edges, weights=wt)[0] for nd, wt in zip(nodes, weights)], axis=0)
+
+
 def plot_spectrum(ax: Any, s: dict[str, Any], tw_quantile: float = 0.99, label: str = "") -> None:
-    """Eigenvalue distribution of one spectrum on a log axis: SLQ mass of the bulk per log-bin, the
-    fitted MP law's mass per bin (same normalisation), the top-k eigenvalues (ticks), lambda_+ and
-    the margined edge."""
+    """Eigenvalue distribution of one spectrum on a log axis: the deflated bulk's SLQ mass per log-bin and the
+    fitted MP law's mass in the same bins (its CDF differenced over the bin edges: the same normalisation, also
+    for a band narrower than a bin), the top-k eigenvalues (ticks), lambda_+ and the margined edge. The legend
+    gives what no log-bin can show: the MP atom at 0 (1 - 1/gamma), the bulk's mass below the first bin and
+    its negative mass."""
     res = rmt.esm_from_spectrum(s, tw_quantile)
     fit = res.fit
     ev = np.asarray(s["eigenvalues"])
-    nodes, weights = np.asarray(s["slq_nodes"]), np.asarray(s["slq_weights"])
-    hi = max(float(ev.max()), fit.edge) * 2
-    lo = max(hi * 1e-7, 1e-12)
-    edges = np.logspace(np.log10(lo), np.log10(hi), 60)
-    mass = np.zeros(len(edges) - 1)
-    for nd, wt in zip(nodes, weights):
-        mass += np.histogram(nd, bins=edges, weights=wt)[0]
-    mass /= len(nodes)
-    ax.stairs(np.maximum(mass, 1e-9), edges, color="0.4", label="bulk (SLQ, deflated)")
-    x = np.sqrt(edges[1:] * edges[:-1])
-    mp = rmt.mp_density(x, fit.sigma2, fit.gamma) * np.diff(edges)
-    ax.plot(x, np.maximum(mp, 1e-9), "g-", lw=1.2, label=f"MP fit (gamma={fit.gamma:.3g})")
+    edges = log_bins(s, fit)
+    nodes, weights = np.atleast_2d(s["slq_nodes"]), np.atleast_2d(s["slq_weights"])
+    below = float((weights * ((nodes >= 0) & (nodes < edges[0]))).sum(-1).mean())
+    neg = float((weights * (nodes < 0)).sum(-1).mean())
+    ax.stairs(np.maximum(slq_bin_mass(s, edges), 1e-9), edges, color="0.4",
+              label=f"bulk (SLQ, deflated); <{edges[0]:.0e}: {below:.2f}, <0: {neg:.2f}")
+    atom = max(0.0, 1 - 1 / fit.gamma)
+    ax.stairs(np.maximum(rmt.mp_bin_mass(edges, fit.sigma2, fit.gamma), 1e-9), edges, color="g", lw=1.2,
+              label=f"MP fit (gamma={fit.gamma:.3g}; atom at 0: {atom:.2f})")
     ax.axvline(fit.lam_plus, color="g", ls=":", lw=1)
     ax.axvline(fit.edge, color="g", ls="--", lw=1, label="edge + TW margin")
     out = ev > fit.edge
@@ -48,7 +60,7 @@ def plot_spectrum(ax: Any, s: dict[str, Any], tw_quantile: float = 0.99, label: 
     ax.set_yscale("log")
     ax.set_ylim(1e-6, 1.5)
     ax.set_xlabel("Hessian eigenvalue")
-    ax.set_ylabel("spectral mass per bin")
+    ax.set_ylabel("share of the bulk's eigenvalues per bin")
     ax.set_title(f"{label or s['run']} step {s['step']}: ESM={res.esm:.2f}", fontsize=8)
     ax.legend(fontsize=6, loc="lower left")
 
