@@ -202,3 +202,17 @@ def test_what_fd_measures_smooth_vs_relu():
     assert ratio["softplus", 1e-2] < 0.03 and ratio["softplus", 1e-5] < 1e-4  # smooth: O(h) agreement
     assert ratio["relu", 1e-2] > 1.0  # ReLU at the default step: kink crossings dominate
     assert ratio["relu", 1e-5] < 1e-3  # ... and it is the crossings: a step too small to cross agrees
+
+
+def test_exact_curvature_through_attention():
+    """score.method=exact on a ViT: the fused scaled-dot-product kernels have no double backward; the estimator
+    forces the math kernel, and its values match a finite difference with a tiny step (GELU: smooth)."""
+    from utils.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("vit_small", 10, 3, 16, 24).double().eval()
+    x, y = torch.randn(3, 3, 16, 16, dtype=torch.float64), torch.tensor([1, 2, 3])
+    probes = rademacher((2, *x.shape), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    exact = input_curvature(model, x, y, method="exact", probes=probes)
+    fd = input_curvature(model, x, y, method="fd", h=1e-5, probes=probes)
+    torch.testing.assert_close(exact["curvature"], fd["curvature"], rtol=1e-3, atol=0)

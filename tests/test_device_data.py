@@ -17,7 +17,7 @@ from utils.models import build_model
 from utils.runs import load_checkpoint, open_run
 from utils.train import train
 
-from .conftest import tiny_cfg, write_image_folder
+from .conftest import run_script, tiny_cfg, write_image_folder
 
 CPU = Dist(0, 1, 0, torch.device("cpu"))
 
@@ -158,3 +158,22 @@ def test_device_run_scores_match_the_dataloader_path(tmp_path):
     run = open_run(cfg)
     plain = score_model(run.load_model(1), {"train": run.data.train_eval}, cfg["score"], 1, CPU)["curvature"]
     assert np.array_equal(online, offline) and np.array_equal(online, plain) and np.isfinite(plain).all()
+
+
+def test_two_ranks_draw_the_same_augmentation_as_one_process(tmp_path):
+    """Hashed crops and flips: 2 torchrun ranks train what 1 process trains, augmentation on (the DataLoader path's
+    per-worker random draws cannot do that)."""
+    write_image_folder(tmp_path / "data" / "rand", n=16, noise=True, size=16)
+    args = [f"paths.pretrained={tmp_path}/pre", f"paths.logs={tmp_path}/logs", "data.name=imagefolder",
+            f"data.root={tmp_path}/data", "data.folder=rand", "data.augment=true", "data.crop_pad=2", "data.image_size=16",
+            "data.on_device=true", "model.name=digits_cnn", "model.width=4", "train.epochs=1", "train.batch_size=16",
+            "train.lr=0.05", "noise.rate=0"]
+    for run, nproc in (("one", 0), ("two", 2)):
+        res = run_script("train_cifar10.py", *args, f"run={run}", cwd=tmp_path, nproc=nproc)
+        assert res.returncode == 0, res.stderr[-2000:]
+    wa = load_checkpoint(tmp_path / "pre/one/epoch_001.pt")["model"]
+    wb = load_checkpoint(tmp_path / "pre/two/epoch_001.pt")["model"]
+    w0 = load_checkpoint(tmp_path / "pre/one/epoch_000.pt")["model"]
+    assert any(not torch.equal(wa[k], w0[k]) for k in wa)
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-6)

@@ -15,6 +15,8 @@ from utils.spectral.hessian import lanczos, slq
 from utils.spectral.rmt import (
     esm_metric,
     fit_mp,
+    mp_bin_mass,
+    mp_cdf,
     mp_density,
     mp_edges,
     summarise_esm,
@@ -136,3 +138,78 @@ def test_summary_rows():
     assert row["auc_esm"] == 1.0 and row["threshold_accuracy"] == 0.75
     assert row["balance_threshold"] == 0.5 and row["balance_accuracy"] == 0.75  # 0.6 (random) is above 1/2
     assert row["n_clean"] == 2 and row["esm_clean_mean"] == pytest.approx(0.85)
+
+
+def _wishart_spectrum(dim: int, n_rows: int, k: int, seed: int) -> tuple[np.ndarray, dict]:
+    """All eigenvalues of W = X^T X / N (X: N x dim, iid N(0, 1)) via the N x N Gram matrix, and the spectrum
+    dict a capture would hold if Lanczos found the top k exactly and SLQ resolved the rest (one probe whose
+    nodes are the remaining eigenvalues, zero included, with their multiplicities as weights)."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n_rows, dim))
+    nonzero = np.sort(np.linalg.eigvalsh(x @ x.T / n_rows))[::-1]
+    nodes = np.concatenate([[0.0], nonzero[k:]])
+    weights = np.concatenate([[dim - n_rows], np.ones(n_rows - k)]) / (dim - k)
+    return nonzero, {"eigenvalues": nonzero[:k], "slq_nodes": nodes[None], "slq_weights": weights[None],
+                     "bulk_dim": dim - k, "run": "wishart", "step": 0}
+
+
+def _drawn_bin_masses(ax) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(bin edges, bulk mass per bin, MP mass per bin) as drawn in a `plot_spectrum` panel, whichever artist
+    draws the MP curve (a step patch, or a line through the bin centres)."""
+    (bulk,) = [p for p in ax.patches if p.get_label().startswith("bulk")]
+    values, edges, _ = bulk.get_data()
+    mp = [a for a in [*ax.patches, *ax.lines] if a.get_label().startswith("MP fit")][0]
+    if hasattr(mp, "get_data") and len(mp.get_data()) == 3:
+        mp_mass = mp.get_data()[0]
+    else:
+        xc, y = mp.get_data()
+        mp_mass = np.interp(np.sqrt(edges[1:] * edges[:-1]), xc, y)
+    floor = lambda v: np.where(np.asarray(v) <= 1.01e-9, 0.0, v)  # noqa: E731  the plot floors at 1e-9 (log axis)
+    return np.asarray(edges), floor(values), floor(mp_mass)
+
+
+@pytest.mark.parametrize(("dim", "n_rows"), [(20_000, 400), (50_000, 100)])  # gamma 50 and 500: narrow bands
+def test_plotted_mp_mass_per_log_bin_matches_the_eigenvalue_histogram(dim, n_rows):
+    """The spectra figure's MP curve is the fitted law's mass in the figure's own log-bins: on a Wishart matrix
+    (where the moment fit is right) it must match the histogram of the eigenvalues over the same bins. A density
+    evaluated at the bin centres misses bands narrower than a bin (gamma 500) and is 15-20 % off at the edges."""
+    from utils.io import plt
+    from utils.spectral.plots import plot_spectrum
+
+    gamma = dim / n_rows
+    nonzero, s = _wishart_spectrum(dim, n_rows, k=5, seed=1)
+    fig, ax = plt().subplots()
+    plot_spectrum(ax, s)
+    edges, bulk, mp = _drawn_bin_masses(ax)
+    plt().close(fig)
+    res = esm_metric(s["eigenvalues"], s["slq_nodes"], s["slq_weights"], s["bulk_dim"])
+    assert res.fit.gamma == pytest.approx(gamma, rel=0.05) and res.n_outliers == 0
+    # the drawn bulk is the SLQ mass of the deflated bulk per bin (the share of its dim - k eigenvalues)
+    assert np.allclose(bulk, np.histogram(nonzero[5:], bins=edges)[0] / (dim - 5))
+    # the drawn MP curve: the continuous part's mass 1/gamma, spread over the bins as the eigenvalues are
+    hist = np.histogram(nonzero, bins=edges)[0] / dim
+    assert mp.sum() == pytest.approx(1 / gamma, rel=0.02)
+    assert np.abs(mp - hist).sum() <= 0.1 / gamma
+
+
+def test_mp_cdf_and_bin_mass():
+    for gamma in (0.3, 2.0, 48.0, 1200.0):
+        lo, hi = mp_edges(1.3, gamma)
+        x = lo + (hi - lo) * np.array([0.05, 0.4, 0.8])
+        exact = [quad(lambda t: mp_density(np.array([t]), 1.3, gamma)[0], lo, v, limit=200)[0] for v in x]
+        assert np.allclose(mp_cdf(x, 1.3, gamma, atom=False), exact, atol=1e-6 * min(1, 1 / gamma))
+        assert mp_cdf(np.array([-1e-9]), 1.3, gamma)[0] == 0.0
+        assert mp_cdf(np.array([0.0, 2 * hi]), 1.3, gamma) == pytest.approx([max(0.0, 1 - 1 / gamma), 1.0])
+        # a band narrower than one bin keeps its whole mass
+        assert mp_bin_mass(np.array([lo / 2, hi * 2]), 1.3, gamma)[0] == pytest.approx(min(1.0, 1 / gamma))
+
+
+def test_mp_fit_reproduces_the_bulk_moments():
+    """The fitted law's first two moments are the quadrature's (positive part), to rounding."""
+    rng = np.random.default_rng(4)
+    nodes = np.sort(rng.lognormal(-5, 2, (3, 40)), axis=1) * rng.choice([1, 1, 1, -0.1], (3, 40))
+    weights = rng.dirichlet(np.ones(40), 3)
+    fit = fit_mp(nodes, weights, 5000)
+    pos = np.clip(nodes, 0, None)
+    assert fit.sigma2 == pytest.approx((weights * pos).sum(1).mean(), rel=1e-12)
+    assert fit.sigma2 ** 2 * (1 + fit.gamma) == pytest.approx((weights * pos ** 2).sum(1).mean(), rel=1e-12)

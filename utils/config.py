@@ -138,7 +138,7 @@ DEFAULTS: dict[str, Any] = {
         "tw_quantile": 0.99,  # Tracy-Widom quantile of the MP edge margin (null false-outlier rate per spectrum)
     },
     "esm": {  # early spectral memorization grid (esm_experiment.py / analyse_esm.py)
-        "name": "",  # optional tag appended to <data set>_<model>[_w<width>]; outputs under <paths.scores>/esm/<grid>/<condition>_s<seed>/
+        "name": "",  # optional tag after <data set>_<model>[_w<width>]; see docs/spectral.md
         "steps": [100, 500, 2000],  # optimizer steps at which the spectrum is captured
         "seeds": [0, 1, 2, 3, 4],  # train.seed = noise.seed of each run
         "conditions": ["none", "random"],  # noise.kind per condition (noise.rate 1.0 for random)

@@ -26,18 +26,9 @@ import torch.nn.functional as F
 
 from .data import DataBundle, GlobalBatchSampler, IndexedDataset, TensorTransform
 from .errors import UserError
-from .hashing import M32, fmix32
+from .hashing import M32, fmix32, key_hash
 
 _AUG_STREAM = 0xA06  # keeps augmentation hashes apart from other users of utils.hashing
-
-
-def _key(*keys: int) -> int:
-    """`utils.hashing.key_hash` of small non-negative integers, as a Python int: a scalar operand of the per-batch
-    kernels, so no host-to-device copy (a pageable copy would synchronise the stream every batch)."""
-    h = 0
-    for k in keys:
-        h = fmix32(h ^ ((k * 0x9E3779B1 + 0x632BE5AB) & M32))
-    return h
 
 
 def augment_params(index: torch.Tensor, pad: int, seed: int, epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -45,7 +36,7 @@ def augment_params(index: torch.Tensor, pad: int, seed: int, epoch: int) -> tupl
     (pixels into the padded image) and flip (B,) bool, on index's device. Disjoint bits of one 32-bit hash of
     (seed, epoch, index) (both halves of the index folded in with MurmurHash3's finaliser, as `mix_index`)."""
     idx = index.to(torch.int64)
-    h = fmix32(fmix32((idx & M32) ^ _key(seed, epoch, _AUG_STREAM)) ^ ((idx >> 32) & M32))  # (B,) 32-bit values
+    h = fmix32(fmix32((idx & M32) ^ key_hash(seed, epoch, _AUG_STREAM)) ^ ((idx >> 32) & M32))  # (B,) 32-bit values
     span = 2 * pad + 1
     return (h & 0xFFFF) % span, ((h >> 16) & 0x7FFF) % span, (h >> 31) == 1
 

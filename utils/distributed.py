@@ -93,8 +93,8 @@ def sharded_map(dataset: Any, fn: Callable[[torch.Tensor, torch.Tensor, torch.Te
     device_batch = getattr(dataset, "device_batch", None)
     loader: Any
     if device_batch is not None:
-        index = torch.arange(rows.start, rows.stop, dtype=torch.int64, device=d.device)
-        loader = ((i, *device_batch(i)) for i in index.split(batch_size))
+        index = torch.arange(rows.start, rows.start + len(rows), dtype=torch.int64, device=d.device)  # may be empty
+        loader = ((i, *device_batch(i)) for i in index.split(batch_size) if len(i))
     else:
         loader = DataLoader(Subset(dataset, list(rows)), batch_size=batch_size, shuffle=False, num_workers=num_workers,
                             pin_memory=d.device.type == "cuda")

@@ -18,7 +18,7 @@ def mul32(x: torch.Tensor, c: int) -> torch.Tensor:
 
 
 def fmix32(h: torch.Tensor) -> torch.Tensor:
-    """MurmurHash3's 32-bit finaliser on int64 tensors holding 32-bit values."""
+    """MurmurHash3's 32-bit finaliser on int64 tensors (or Python ints) holding 32-bit values."""
     h = h ^ (h >> 16)
     h = mul32(h, 0x85EBCA6B)
     h = h ^ (h >> 13)
@@ -26,18 +26,19 @@ def fmix32(h: torch.Tensor) -> torch.Tensor:
     return h ^ (h >> 16)
 
 
-def mix_index(h: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Fold a (B,) int64 index (both 32-bit halves) into hash values h (1,) -> (B, 1)."""
+def mix_index(h: torch.Tensor | int, index: torch.Tensor) -> torch.Tensor:
+    """Fold a (B,) int64 index (both 32-bit halves) into hash values h ((1,) tensor or int) -> (B, 1)."""
     idx = index.to(torch.int64).view(-1, 1)
     h = fmix32(h ^ (idx & M32))
     return fmix32(h ^ ((idx >> 32) & M32))
 
 
-def key_hash(*keys: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """A (1,) int64 hash of small non-negative integers (seeds, epochs, layer ids, streams)."""
-    h = torch.zeros(1, dtype=torch.int64, device=device)
+def key_hash(*keys: int) -> int:
+    """A 32-bit hash of small non-negative integers (seeds, epochs, layer ids, streams), computed on the CPU:
+    a Python int, so device code uses it without a host-to-device copy."""
+    h = 0
     for k in keys:
-        h = fmix32(h ^ torch.tensor([(k * 0x9E3779B1 + 0x632BE5AB) & M32], dtype=torch.int64, device=device))
+        h = fmix32(h ^ ((k * 0x9E3779B1 + 0x632BE5AB) & M32))  # fmix32's operators work on Python ints too
     return h
 
 
@@ -46,7 +47,7 @@ def rademacher_hash(keys: tuple[int, ...], index: torch.Tensor, n_probes: int, n
     """+-1 entries (n_probes, B, numel), entry (k, i, j) a hash of (keys, index[i], k, j): identical on every
     device, and sample i's probes do not depend on its batch or rank."""
     dev = index.device
-    h = mix_index(key_hash(*keys, device=dev), index)  # (B, 1)
+    h = mix_index(key_hash(*keys), index)  # (B, 1)
     probe = torch.arange(n_probes, dtype=torch.int64, device=dev).view(-1, 1, 1)
     elem = torch.arange(numel, dtype=torch.int64, device=dev).view(1, 1, -1)
     bits = fmix32(fmix32(h.unsqueeze(0) ^ mul32(probe, 0x27D4EB2F)) ^ elem) >> 31  # top bit of 32
