@@ -49,8 +49,10 @@ def test_two_ranks_match_one_process_with_batchnorm(tmp_path):
     for run, nproc, extra in (("one", 0, []), ("sync", 2, []), ("nosync", 2, ["train.sync_bn=false"])):
         res = run_script("train_cifar10.py", *args, f"run={run}", *extra, cwd=tmp_path, nproc=nproc)
         assert res.returncode == 0, res.stderr[-2000:]
-    assert _update_error(tmp_path, "one", "sync") < 1e-3
-    assert _update_error(tmp_path, "one", "nosync") > 1e-2  # the test can fail: BN per rank is visibly wrong
+    sync, nosync = _update_error(tmp_path, "one", "sync"), _update_error(tmp_path, "one", "nosync")
+    print(f"2 ranks vs 1 process, relative to the epoch's update: SyncBN {sync:.2e}, per-rank BN {nosync:.2e}")
+    assert sync < 1e-3
+    assert nosync > 1e-2  # the test can fail: BN per rank is visibly wrong
 
 
 def test_empty_shard_and_late_rank_do_not_hang(tmp_path):

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
@@ -123,3 +124,53 @@ def sharded_map(dataset: Any, fn: Callable[[torch.Tensor, torch.Tensor, torch.Te
         dist.all_gather(gathered, pad)
         result[k] = torch.cat([g[:m] for g, m in zip(gathered, lengths)]).cpu()
     return result
+
+
+class GlobalBatchNorm(nn.BatchNorm2d):
+    """BatchNorm over the global batch of all ranks on any backend (torch's SyncBatchNorm is CUDA-only).
+
+    Training mode: per-channel sums of x and x^2 and the sample count are all-reduced with a differentiable
+    all-reduce, so the forward normalises with the global batch statistics and the backward carries every
+    rank's loss back through them (DDP then averages the gradients, as with SyncBatchNorm). Running statistics
+    follow nn.BatchNorm2d (unbiased variance, momentum). Eval mode and one process: plain BatchNorm. The state
+    dict is BatchNorm2d's, so checkpoints load into the unconverted model."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        dims = [0, *range(2, x.dim())]
+        xf = x.float()
+        count = torch.tensor([x.numel() / x.shape[1]], device=x.device, dtype=torch.float32)
+        stats = all_reduce(torch.cat([xf.sum(dims), (xf * xf).sum(dims), count]))
+        c = x.shape[1]
+        n = stats[-1]
+        mean = stats[:c] / n
+        var = (stats[c:2 * c] / n - mean * mean).clamp_min(0)
+        with torch.no_grad():
+            self.num_batches_tracked += 1
+            m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+            self.running_mean.mul_(1 - m).add_(m * mean.detach())
+            self.running_var.mul_(1 - m).add_(m * var.detach() * n / (n - 1).clamp_min(1))
+        shape = (1, c) + (1,) * (x.dim() - 2)
+        y = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y.to(x.dtype)
+
+
+def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
+    """BatchNorm -> global-batch BatchNorm: torch's SyncBatchNorm on CUDA, `GlobalBatchNorm` elsewhere (gloo)."""
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    for name, child in model.named_children():
+        if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(child, GlobalBatchNorm):
+            new = GlobalBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
+                                  child.track_running_stats)
+            new.load_state_dict(child.state_dict())
+            new.train(child.training)
+            setattr(model, name, new)
+        else:
+            convert_sync_batchnorm(child, device)
+    return model

@@ -27,7 +27,7 @@ from .config import identity_hash
 from .curvature.scoring import OnlineScorer
 from .data import build_data, make_loader
 from .device_data import device_loader
-from .distributed import Dist, all_reduce_sum, barrier, broadcast_object, setup
+from .distributed import Dist, all_reduce_sum, barrier, broadcast_object, convert_sync_batchnorm, setup
 from .errors import UserError
 from .evaluate import autocast, evaluate
 from .io import save_npz
@@ -135,7 +135,7 @@ def _build(cfg: dict[str, Any], dist: Dist) -> tuple[TrainState, Any]:
     torch.manual_seed(t["seed"])  # the initialisation depends on train.seed only
     model = model_for(cfg, data.record)
     if dist.world > 1 and t["sync_bn"]:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # BN statistics of the global batch
+        model = convert_sync_batchnorm(model, dist.device)  # BN statistics of the global batch
     model = model.to(dist.device)
     if dist.device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
