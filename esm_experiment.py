@@ -1,7 +1,7 @@
 """Early spectral memorization grid: train every (label condition, seed) of `esm` and capture the
 Hessian spectrum at `esm.steps` into <paths.scores>/esm/<grid>/<condition>_s<seed>/step_XXXXX.npz, where
-<grid> = <data set>_<model>[_w<width>][_<esm.name>]. Ends with the AUC of ESM and the threshold accuracies
-per step, and the paths written.
+<grid> = <data set>[_sub<n>]_<model>[_w<width>][_<esm.name>]. Ends with the AUC of ESM, the threshold of the one
+clean / memorizing rule (utils.spectral.rmt.classify) and its accuracy per step, and the paths written.
 
 python esm_experiment.py [--config configs/esm/digits_mlp.yaml] [section.key=value ...]"""
 

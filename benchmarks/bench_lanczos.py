@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from utils.config import load_config  # noqa: E402
 from utils.data import build_data  # noqa: E402
 from utils.models import build_model  # noqa: E402
-from utils.spectral.esm import sample_indices  # noqa: E402
+from utils.spectral.capture import sample_indices  # noqa: E402
 from utils.spectral.hessian import HessianOperator, lanczos  # noqa: E402
 
 

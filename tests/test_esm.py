@@ -15,7 +15,7 @@ import pytest
 import torch
 from nbclient import NotebookClient
 
-import utils.spectral.esm as esm_mod
+import utils.spectral.capture as esm_mod
 from utils.callbacks import TrainState
 from utils.config import load_config
 from utils.data import build_data
@@ -23,28 +23,16 @@ from utils.distributed import Dist
 from utils.errors import UserError
 from utils.models import build_model
 from utils.runs import list_checkpoints, run_dir
-from utils.spectral.esm import (
-    SpectrumCallback,
-    compute_spectrum,
-    esm_root,
-    grid_dir,
-    grid_name,
-    load_spectra,
-    main_analyse,
-    main_grid,
-    run_config,
-    run_grid,
-    sample_indices,
-    write_spectrum,
-)
+from utils.spectral.capture import SpectrumCallback, compute_spectrum, sample_indices, write_spectrum
+from utils.spectral.esm import esm_root, grid_dir, grid_name, load_spectra, main_analyse, main_grid, run_config, run_grid
 from utils.spectral.hessian import HessianOperator, batches_from_dataset
 
 from .conftest import ROOT
 
 torch.set_num_threads(1)
 
-REDUCED = ["model.width=64", "train.lr=0.1", "esm.seeds=[0,1,2]", "esm.steps=[100,500]", "spectrum.top_k=10",
-           "spectrum.lanczos_iter=30", "spectrum.slq_probes=2", "spectrum.slq_iter=30", "spectrum.n_samples=256"]
+REDUCED = ["model.width=64", "train.lr=0.1", "esm.seeds=[0,1,2]", "esm.steps=[100,500]", "spectrum.top_k=30",
+           "spectrum.lanczos_iter=60", "spectrum.slq_probes=2", "spectrum.slq_iter=30", "spectrum.n_samples=256"]
 
 
 def _paths_of(tmp) -> list[str]:
@@ -82,8 +70,8 @@ def test_reduced_digits_grid_separates_clean_from_random(grid, capsys):
     assert by_step[500]["n_clean"] == 3 and by_step[500]["n_random"] == 3
     assert by_step[500]["auc_esm"] >= 0.9
     assert by_step[500]["esm_clean_mean"] > by_step[500]["esm_random_mean"]
-    # the single balance threshold ESM = 1/2 classifies every run (clean ~0.71, random ~0.37 here)
-    assert by_step[500]["balance_accuracy"] == 1.0
+    # the one rule (rmt.classify: top-3K participation <= 1.3 K) classifies every run at step 500 here
+    assert by_step[500]["threshold"] == pytest.approx(13.0) and by_step[500]["threshold_accuracy"] == 1.0
     root = esm_root(grid)
     for name in ("summary.csv", "summary.md", "esm_values.csv", "spectra_step00500.png", "esm_vs_step.png", "roc.png"):
         assert (root / name).stat().st_size > 0
@@ -91,7 +79,15 @@ def test_reduced_digits_grid_separates_clean_from_random(grid, capsys):
     assert "auc_esm" in out and "threshold_accuracy" in out and f"| {GRID} | 500 |" in out
     with open(root / "summary.csv") as f:
         rows = list(csv.DictReader(f))
-    assert {"auc_esm", "threshold_median", "threshold_accuracy"} <= set(rows[0])
+    assert {"auc_esm", "threshold", "threshold_accuracy"} <= set(rows[0])
+    assert not {"balance_accuracy", "threshold_median"} & set(rows[0])  # exactly one threshold
+    with open(root / "esm_values.csv") as f:
+        vals = list(csv.DictReader(f))
+    assert len(vals) == 12
+    for v in vals:  # training loss / accuracy on the Hessian set and the running loss at every capture
+        assert float(v["loss"]) >= 0 and 0 <= float(v["accuracy"]) <= 1 and float(v["running_loss"]) > 0
+        assert float(v["run_seconds"]) > 0 and int(float(v["num_classes"])) == 10
+        assert v["is_clean"] in ("True", "False") and float(v["participation"]) > 0
     # the runs really are what they claim: random labels are mostly wrong, clean ones are the true labels
     spectra = load_spectra(root)
     assert len(spectra) == 12 and {s["grid"] for s in spectra} == {GRID}
@@ -115,13 +111,15 @@ def test_complete_grid_is_reused_and_another_config_refused(grid):
 def test_step_file_format(grid):
     p = grid_dir(grid) / "clean_s0" / "step_00500.npz"
     with np.load(p, allow_pickle=False) as z:
-        assert z["eigenvalues"].shape == (10,) and np.all(np.diff(z["eigenvalues"]) <= 0)
+        assert z["eigenvalues"].shape == (30,) and np.all(np.diff(z["eigenvalues"]) <= 0)  # 3K: what classify needs
         assert z["slq_nodes"].shape == z["slq_weights"].shape == (2, 30)
         assert np.allclose(z["slq_weights"].sum(1), 1.0)
-        assert int(z["bulk_dim"]) == int(z["n_params"]) - 10
+        assert int(z["bulk_dim"]) == int(z["n_params"]) - 30
         assert float(z["trace"]) == pytest.approx(float(z["eigenvalues"].sum() + z["bulk_trace"]))
         assert int(z["step"]) == 500 and int(z["n_samples"]) == 256 and str(z["noise_kind"]) == "none"
         assert str(z["grid"]) == GRID and str(z["run"]) == f"{GRID}_clean_s0"
+        assert int(z["num_classes"]) == 10 and float(z["accuracy"]) > 0.9 and float(z["running_loss"]) < 0.2
+        assert 0 < float(z["gn_n_eff"]) <= 256 and float(z["run_seconds"]) > 0
 
 
 def test_grid_directory_depends_on_data_set_and_model():

@@ -27,9 +27,11 @@ def roc_curves(scores: dict[str, np.ndarray], target: np.ndarray, path: Path, ti
     """ROC curve of every score ({display label: (N,)}, higher = more suspicious) for the boolean target (N,);
     AUROC in the legend; the `main` score drawn thicker."""
     fig, ax = plt.subplots(figsize=(6, 5.5))
-    for name, s in scores.items():
+    colors = plt.get_cmap("tab20").colors  # 20 distinct colours: no two scores share one
+    for k, (name, s) in enumerate(scores.items()):
         fpr, tpr, _, area = roc(s, target)
-        ax.plot(fpr, tpr, lw=2.4 if name == main else 1.1, label=f"{name} ({area:.3f})")
+        ax.plot(fpr, tpr, lw=2.4 if name == main else 1.1, color="black" if name == main else colors[(2 * k) % 20
+                + (2 * k) // 20], ls="-" if k % 2 == 0 else "--", label=f"{name} ({area:.3f})")
     ax.plot([0, 1], [0, 1], ls=":", c="grey", lw=1)
     ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01),
            title=title or "ROC (AUROC in brackets)")

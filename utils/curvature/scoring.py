@@ -166,7 +166,7 @@ def score_run(cfg: dict[str, Any]) -> Path:
         barrier()
     bar.close()
     if sc["spectrum"]:  # parameter-Hessian spectrum of each scored checkpoint (`spectrum.*` keys)
-        from ..spectral.esm import write_spectrum
+        from ..spectral.capture import write_spectrum
 
         for e, _ in chosen:
             f = Path(sdir) / f"spectrum_epoch_{e:03d}.npz"

@@ -1,7 +1,7 @@
-"""Figures of the ESM grid: eigenvalue distributions with the fitted MP law, ESM (or the top-10 share)
-against the step, ROC curves of ESM. Each `figure_*` returns a matplotlib figure (Agg backend, from
-`utils.io.plt`); `all_figures` writes them with `utils.io.save_figure`, a notebook shows them with
-`utils.io.figure_png`."""
+"""Figures of the ESM grid: eigenvalue distributions with the fitted MP law, ESM (or the top-10 share) and
+the classification rule's ratio against the step, ROC curves of ESM. Each `figure_*` returns a matplotlib
+figure (Agg backend, from `utils.io.plt`); `all_figures` writes them with `utils.io.save_figure`, a notebook
+shows them with `utils.io.figure_png`."""
 
 from __future__ import annotations
 
@@ -61,14 +61,17 @@ def plot_spectrum(ax: Any, s: dict[str, Any], tw_quantile: float = 0.99, label: 
     ax.set_ylim(1e-6, 1.5)
     ax.set_xlabel("Hessian eigenvalue")
     ax.set_ylabel("share of the bulk's eigenvalues per bin")
-    ax.set_title(f"{label or s['run']} step {s['step']}: ESM={res.esm:.2f}", fontsize=8)
+    rule = res.rule
+    verdict = "" if rule.is_clean is None else f", top-3K participation {rule.participation:.1f} -> " + (
+        "clean" if rule.is_clean else "memorizing")
+    ax.set_title(f"{label or s['run']} step {s['step']}\nESM={res.esm:.2f}{verdict}", fontsize=8)
     ax.legend(fontsize=6, loc="lower left")
 
 
 def figure_spectra(spectra: list[dict[str, Any]], step: int, tw_quantile: float = 0.99) -> Any:
     """One row per grid: the first clean and the first random run at `step`."""
     grids = sorted({spectrum_grid(s) for s in spectra})
-    fig, axes = plt().subplots(len(grids), 2, figsize=(10, 3.4 * len(grids)), squeeze=False)
+    fig, axes = plt().subplots(len(grids), 2, figsize=(10, 3.7 * len(grids)), squeeze=False)
     for gi, grid in enumerate(grids):
         for ci, cond in enumerate(("none", "random")):
             pick = sorted((s for s in spectra if spectrum_grid(s) == grid and s["noise_kind"] == cond
@@ -83,28 +86,35 @@ def figure_spectra(spectra: list[dict[str, Any]], step: int, tw_quantile: float 
 
 
 def figure_esm_vs_step(values: list[dict[str, Any]], key: str = "esm") -> Any:
-    """`key` (esm or top10_share) against the capture step, one panel per grid, one line per run."""
+    """`key` (esm or top10_share) against the capture step, one panel per grid, one line per run. For esm a
+    second row shows the one classification rule in its own units: participation / (C K) (`rmt.classify`) on a
+    log axis, whose threshold is the constant line 1 (below: clean, above: memorizing)."""
     grids = sorted({v["grid"] for v in values})
-    fig, axes = plt().subplots(1, len(grids), figsize=(4.2 * len(grids), 3.4), squeeze=False)
-    for ax, grid in zip(axes[0], grids):
+    rows = 2 if key == "esm" else 1
+    fig, axes = plt().subplots(rows, len(grids), figsize=(4.2 * len(grids), 3.4 * rows), squeeze=False)
+    for gi, grid in enumerate(grids):
         runs = sorted({v["run"] for v in values if v["grid"] == grid})
-        for run in runs:
-            rows = sorted((v for v in values if v["run"] == run), key=lambda v: v["step"])
-            c = "C0" if rows[0]["condition"] == "clean" else "C3"
-            ax.plot([r["step"] for r in rows], [r[key] for r in rows], "o-", color=c, alpha=0.7, ms=3)
-        if key == "esm":
-            thr = np.median([v["threshold"] for v in values if v["grid"] == grid])
-            ax.axhline(thr, color="k", ls="--", lw=1, label=f"MP null threshold (median {thr:.3g})")
-            ax.axhline(rmt.BALANCE_THRESHOLD, color="k", ls="-", lw=1,
-                       label=f"balance threshold {rmt.BALANCE_THRESHOLD:g}")
-        ax.plot([], [], "o-", color="C0", label="clean")
-        ax.plot([], [], "o-", color="C3", label="random labels")
-        ax.set_xscale("log")
-        ax.set_ylim(0, 1)
-        ax.set_xlabel("optimizer step")
-        ax.set_ylabel(key)
-        ax.set_title(grid, fontsize=9)
-        ax.legend(fontsize=7)
+        for ri, k in enumerate([key, "ratio"][:rows]):
+            ax = axes[ri, gi]
+            for run in runs:
+                pts = sorted((v for v in values if v["run"] == run), key=lambda v: v["step"])
+                c = "C0" if pts[0]["condition"] == "clean" else "C3"
+                ax.plot([r["step"] for r in pts], [r[k] for r in pts], "o-", color=c, alpha=0.7, ms=3)
+            ax.plot([], [], "o-", color="C0", label="clean")
+            ax.plot([], [], "o-", color="C3", label="random labels")
+            ax.set_xscale("log")
+            ax.set_xlabel("optimizer step")
+            ax.set_title(grid, fontsize=9)
+            if k == "ratio":
+                thr = next((v["threshold"] for v in values if v["grid"] == grid and np.isfinite(v["threshold"])), np.nan)
+                ax.axhline(1.0, color="k", ls="--", lw=1.2,
+                           label=f"threshold: count = {rmt.PARTICIPATION_C:g} K = {thr:.3g}")
+                ax.set_yscale("log")
+                ax.set_ylabel(f"top-{rmt.PARTICIPATION_WINDOW}K participation / ({rmt.PARTICIPATION_C:g} K)")
+            else:
+                ax.set_ylim(0, 1)
+                ax.set_ylabel(k)
+            ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
 

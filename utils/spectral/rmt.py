@@ -1,6 +1,6 @@
 """Random-matrix reading of a Hessian spectrum: Marchenko-Pastur (MP) fit of the bulk, Tracy-Widom
-(TW) margin of its edge, the early-spectral-memorization (ESM) metric, its null threshold and the
-per-(grid, step) summary (AUROC and threshold accuracies from `utils.metrics`).
+(TW) margin of its edge, the early-spectral-memorization (ESM) metric, the one clean / memorizing
+rule (`classify`) and the per-(grid, step) summary (AUROC from `utils.metrics`).
 
 Conventions. The MP law MP(sigma2, gamma) is the limiting spectrum of W = X^T X / N for an N x D
 matrix X of iid entries of variance sigma2, gamma = D / N. For gamma > 1 it has an atom 1 - 1/gamma
@@ -12,9 +12,11 @@ ESM of one spectrum (see `esm_from_spectrum`):
 where H_+ is the positive part of H (its negative eigenvalues, which the MP model of the
 Gauss-Newton-like component does not describe, are left out of numerator and denominator alike).
 
-Two thresholds are reported. The MP null threshold (`ESMResult.threshold`) says whether a spectrum has
-*any* structure beyond noise; every trained network has, so it cannot tell memorization apart. The
-balance threshold `BALANCE_THRESHOLD` = 1/2 is the one that classifies runs (see its comment).
+ESM ranks runs (clean above random within a step); it is not what classifies them: clean runs early in
+training and random-label runs that have interpolated reach the same ESM (0.54-0.64 on digits). The rule
+that classifies is `classify`: the number of directions the top of the curvature is spread over (the
+participation count of the top 3K eigenvalues) against `PARTICIPATION_C` * K, K the number of classes.
+Orientation: clean = positive (is_clean True); memorizing = not clean.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Any
 import numpy as np
 from scipy import optimize, special
 
-from ..metrics import auroc, threshold_accuracy
+from ..metrics import auroc
 
 # ----------------------------------------------------------------------------- MP law
 
@@ -194,53 +196,90 @@ def fit_mp(nodes: np.ndarray, weights: np.ndarray, dim: int, quantile: float = 0
     return fit
 
 
-# ----------------------------------------------------------------------------- ESM
-# The balance threshold. Write the per-sample loss gradients of the Gauss-Newton part of H as a class
-# mean plus a per-sample deviation (Papyan 2020): by the law of total variance tr H = tr H_between +
-# tr H_within exactly, H_between has rank <= K^2 (K classes) and large eigenvalues (the outliers above the
-# MP edge), H_within is high-rank and small (the bulk). So ESM ~ R / (1 + R), R = tr H_between / tr H_within
-# the Fisher ratio of the class structure in gradient space. A network that fits by shared class structure has
-# R > 1; one that fits sample by sample (memorization, random labels) has R < 1. The boundary R = 1, i.e.
-# ESM = 1/2, is fixed by the decomposition alone: no parameter is fitted to clean or random runs.
-BALANCE_THRESHOLD = 0.5
+# ----------------------------------------------------------------------------- the classification rule
+# Gauss-Newton: H ~ (1/n) sum_i J_i^T A_i J_i (J_i the K x P logit Jacobian, A_i = diag p_i - p_i p_i^T). A network
+# that fits through shared class structure has J_i ~ (class mean) + small deviation, so the top of its spectrum is
+# ~K class outliers (Papyan 2019/2020; Sagun et al. 2017; Gur-Ari et al. 2018) and then a steep drop: the top 3K
+# eigenvalues have participation count (sum l)^2 / sum l^2 ~ K. A network that fits sample by sample gives each
+# memorised sample its own directions: no drop after ~K, the count grows towards 3K (a flat window; a pure MP
+# bulk, the Gauss-Newton matrix of independent per-sample gradients, gives ~3K). The boundary c K, c in (1, 3),
+# is the one free constant, fixed on the digits grids (MLP and CNN, steps 100/500/2000, 5 seeds x clean/random)
+# before any CIFAR-10 dev run: every clean spectrum had count <= 1.20 K, every random-label one >= 1.38 K; c is
+# their geometric midpoint, rounded (docs/spectral.md). The count depends on neither n_samples nor the MP fit.
+PARTICIPATION_WINDOW = 3  # the top WINDOW * K eigenvalues (needs spectrum.top_k >= 3K)
+PARTICIPATION_C = 1.3  # clean iff count <= C * K; fixed on digits, never changed after a CIFAR run
 
 
 @dataclass
+class Classification:
+    """`classify`'s answer: participation (count of the top 3K eigenvalues), threshold (C * K), ratio
+    (participation / threshold: the rule in units where the threshold is 1), is_clean (ratio <= 1; None when
+    the spectrum has fewer than 3K eigenvalues or K is unknown) and verdict: "clean", "memorizing", or
+    "no signal" -- no eigenvalue above the margined MP edge, a Hessian indistinguishable from the MP null (an
+    untrained network): nothing learned, so not memorizing (and not called clean either)."""
+
+    participation: float
+    threshold: float
+    ratio: float
+    is_clean: bool | None
+    verdict: str = ""
+
+
+def classify(eigenvalues: np.ndarray, num_classes: int | None, n_outliers: int | None = None) -> Classification:
+    """The one clean / memorizing rule: with m = (sum l_i)^2 / sum l_i^2 over the top 3K eigenvalues (negative
+    ones clipped to 0), a run is clean iff m <= PARTICIPATION_C * K (see the comment above). Given
+    `n_outliers` (top eigenvalues above the margined MP edge), a spectrum without any is "no signal"."""
+    if not num_classes or num_classes < 2:
+        return Classification(float("nan"), float("nan"), float("nan"), None, "unknown")
+    k = PARTICIPATION_WINDOW * int(num_classes)
+    thr = PARTICIPATION_C * num_classes
+    top = np.sort(np.clip(np.asarray(eigenvalues, np.float64), 0.0, None))[::-1]
+    if len(top) < k or not top[0] > 0:
+        return Classification(float("nan"), thr, float("nan"), None, "unknown")
+    m = float(top[:k].sum() ** 2 / (top[:k] ** 2).sum())
+    clean = bool(m <= thr)
+    verdict = "no signal" if n_outliers == 0 else ("clean" if clean else "memorizing")
+    return Classification(m, thr, m / thr, clean and verdict == "clean", verdict)
+
+
+# ----------------------------------------------------------------------------- ESM
+@dataclass
 class ESMResult:
-    """ESM of one spectrum: esm (outlier share of tr H_+), threshold (the null's upper bound for
-    esm), is_structured (esm > threshold), n_outliers (top-k values above the edge), bulk_outlier_mass
-    (quadrature mass of bulk eigenvalues above the edge, in eigenvalue units), trace_pos (tr H_+),
-    trace (tr H), top10_share (sum of the 10 largest / tr H_+), negative_share (|negative mass| /
-    tr H_+), and the MP fit."""
+    """ESM of one spectrum: esm (outlier share of tr H_+), n_outliers (top-k values above the MP edge),
+    bulk_outlier_mass (quadrature mass of bulk eigenvalues above the edge, in eigenvalue units) and
+    bulk_above_share (that mass / tr H_+: the part of ESM the MP law itself would put at 0), trace_pos
+    (tr H_+), trace (tr H), top10_share (sum of the 10 largest / tr H_+), negative_share (|negative mass| /
+    tr H_+), the MP fit, and `classify`'s answer (participation, threshold, ratio, is_clean)."""
 
     esm: float
-    threshold: float
-    is_structured: bool
     n_outliers: int
     bulk_outlier_mass: float
+    bulk_above_share: float
     trace_pos: float
     trace: float
     top10_share: float
     negative_share: float
     fit: MPFit
+    rule: Classification
 
     def as_row(self) -> dict[str, Any]:
-        row = {k: v for k, v in asdict(self).items() if k != "fit"}
+        row = {k: v for k, v in asdict(self).items() if k not in ("fit", "rule")}
+        row.update(asdict(self.rule))
         row.update({f"mp_{k}": v for k, v in asdict(self.fit).items()})
         return row
 
 
 def esm_metric(eigenvalues: np.ndarray, bulk_nodes: np.ndarray, bulk_weights: np.ndarray, bulk_dim: int,
-               quantile: float = 0.99) -> ESMResult:
-    """ESM from the top-k eigenvalues (k,) and the deflated bulk's SLQ quadrature (probes, m).
+               quantile: float = 0.99, num_classes: int | None = None) -> ESMResult:
+    """ESM from the top-k eigenvalues (k,) and the deflated bulk's SLQ quadrature (probes, m), plus
+    `classify(eigenvalues, num_classes, n_outliers)`.
 
     tr H_+ = sum(max(top-k, 0)) + bulk_dim * E_bulk[max(lambda, 0)]. Outliers: top-k eigenvalues
     above `fit.edge`, plus the bulk's own quadrature mass above the edge (eigenvalues beyond the k
-    Lanczos ones that still exceed it). Null model: the whole positive spectrum is MP(sigma2, gamma)
-    with the fitted parameters; then with probability >= `quantile` no eigenvalue exceeds the edge
-    and ESM = 0. The threshold is that prediction plus its fluctuation margin: a single null
-    eigenvalue at the margined edge, threshold = edge / tr H_+ (the smallest non-zero ESM the null
-    can show), so ESM > threshold means curvature concentrated beyond what noise explains."""
+    Lanczos ones that still exceed it). On a pure MP spectrum no eigenvalue exceeds the edge with
+    probability >= `quantile` (ESM = 0). On network Hessians the MP law does not describe the bulk
+    (docs/spectral.md): the moment fit puts its edge inside a bulk that spans decades, and
+    bulk_above_share says how much of ESM comes from bulk eigenvalues beyond that edge."""
     ev = np.sort(np.asarray(eigenvalues, np.float64))[::-1]
     fit = fit_mp(bulk_nodes, bulk_weights, bulk_dim + len(ev), quantile, top=ev)
     nodes, weights = np.atleast_2d(bulk_nodes), np.atleast_2d(bulk_weights)
@@ -250,45 +289,56 @@ def esm_metric(eigenvalues: np.ndarray, bulk_nodes: np.ndarray, bulk_weights: np
     neg = bulk_dim * float((weights * np.clip(nodes, None, 0.0)).sum(-1).mean()) + float(np.clip(ev, None, 0).sum())
     out = ev[ev > fit.edge]
     bulk_above = bulk_dim * float((weights * nodes * (nodes > fit.edge)).sum(-1).mean())
-    esm = (float(out.sum()) + bulk_above) / trace_pos if trace_pos > 0 else 0.0
-    threshold = fit.edge / trace_pos if trace_pos > 0 else 0.0
-    return ESMResult(esm=esm, threshold=threshold, is_structured=bool(esm > threshold), n_outliers=int(len(out)),
-                     bulk_outlier_mass=bulk_above, trace_pos=trace_pos, trace=trace_pos + neg,
-                     top10_share=float(np.clip(ev[:10], 0, None).sum()) / trace_pos if trace_pos > 0 else 0.0,
-                     negative_share=-neg / trace_pos if trace_pos > 0 else 0.0, fit=fit)
+    share = (lambda v: v / trace_pos if trace_pos > 0 else 0.0)  # noqa: E731
+    return ESMResult(esm=share(float(out.sum()) + bulk_above), n_outliers=int(len(out)), bulk_outlier_mass=bulk_above,
+                     bulk_above_share=share(bulk_above), trace_pos=trace_pos, trace=trace_pos + neg,
+                     top10_share=share(float(np.clip(ev[:10], 0, None).sum())), negative_share=share(-neg), fit=fit,
+                     rule=classify(ev, num_classes, int(len(out))))
+
+
+# classes of the data sets a spectrum written before `num_classes` was stored can come from
+_KNOWN_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100, "cifar10-jpeg-dev": 10}
+
+
+def spectrum_classes(s: dict[str, Any]) -> int | None:
+    """K of a spectrum: its stored num_classes, else that of a known data set (None when unknown)."""
+    if "num_classes" in s:
+        return int(s["num_classes"])
+    return _KNOWN_CLASSES.get(str(s.get("dataset", "")))
 
 
 def esm_from_spectrum(s: dict[str, Any], tw_quantile: float = 0.99) -> ESMResult:
-    """`esm_metric` of a spectrum dict / .npz as written by `utils.spectral.esm.compute_spectrum`."""
-    return esm_metric(s["eigenvalues"], s["slq_nodes"], s["slq_weights"], int(s["bulk_dim"]), tw_quantile)
+    """`esm_metric` of a spectrum dict / .npz as written by `utils.spectral.capture.compute_spectrum`."""
+    return esm_metric(s["eigenvalues"], s["slq_nodes"], s["slq_weights"], int(s["bulk_dim"]), tw_quantile,
+                      spectrum_classes(s))
 
 
 # ----------------------------------------------------------------------------- per (grid, step)
 def summarise_esm(values: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rows per (grid, step): n_clean, n_random, AUC of ESM (clean = positive), AUC of the top-10
-    share, mean/std of ESM per condition, the MP null threshold (median over runs) and its accuracy, and
-    the accuracy of the balance rule `ESM > BALANCE_THRESHOLD` => clean."""
+    """Rows per (grid, step): n_clean, n_random, AUC of ESM (clean = positive), AUC of the top-10 share and of
+    the participation count (clean = low), mean/std of ESM and mean participation per condition, `classify`'s
+    threshold (C * K) and threshold_accuracy: the fraction of runs it calls right (clean iff is_clean; a run it
+    cannot classify counts as wrong; NaN when it can classify none)."""
     out = []
     keys = sorted({(v["grid"], v["step"]) for v in values})
     for grid, step in keys:
         rows = [v for v in values if v["grid"] == grid and v["step"] == step]
         pos = np.array([r["condition"] == "clean" for r in rows])
-        esm = np.array([r["esm"] for r in rows])
-        thr = np.array([r["threshold"] for r in rows])
-        top = np.array([r["top10_share"] for r in rows])
+        esm, top, part, thr = (np.array([r[k] for r in rows], np.float64)
+                               for k in ("esm", "top10_share", "participation", "threshold"))
+        said = [r["is_clean"] for r in rows]
+        mean = lambda v, m: float(v[m].mean()) if m.any() else float("nan")  # noqa: E731
         out.append({
             "grid": grid, "dataset": rows[0]["dataset"], "model": rows[0]["model"], "step": int(step),
             "n_clean": int(pos.sum()), "n_random": int((~pos).sum()),
             "auc_esm": auroc(esm, pos), "auc_top10": auroc(top, pos),
-            "esm_clean_mean": float(esm[pos].mean()) if pos.any() else float("nan"),
-            "esm_clean_std": float(esm[pos].std()) if pos.any() else float("nan"),
-            "esm_random_mean": float(esm[~pos].mean()) if (~pos).any() else float("nan"),
-            "esm_random_std": float(esm[~pos].std()) if (~pos).any() else float("nan"),
-            "top10_clean_mean": float(top[pos].mean()) if pos.any() else float("nan"),
-            "top10_random_mean": float(top[~pos].mean()) if (~pos).any() else float("nan"),
-            "threshold_median": float(np.median(thr)),
-            "threshold_accuracy": threshold_accuracy(esm, thr, pos),
-            "balance_threshold": BALANCE_THRESHOLD,
-            "balance_accuracy": threshold_accuracy(esm, BALANCE_THRESHOLD, pos),
+            "auc_participation": auroc(-part, pos) if np.isfinite(part).all() else float("nan"),
+            "esm_clean_mean": mean(esm, pos), "esm_clean_std": float(esm[pos].std()) if pos.any() else float("nan"),
+            "esm_random_mean": mean(esm, ~pos), "esm_random_std": float(esm[~pos].std()) if (~pos).any() else float("nan"),
+            "top10_clean_mean": mean(top, pos), "top10_random_mean": mean(top, ~pos),
+            "participation_clean_mean": mean(part, pos), "participation_random_mean": mean(part, ~pos),
+            "threshold": float(thr[np.isfinite(thr)][0]) if np.isfinite(thr).any() else float("nan"),
+            "threshold_accuracy": (float(np.mean([s is not None and s == p for s, p in zip(said, pos)]))
+                                   if any(s is not None for s in said) else float("nan")),
         })
     return out
