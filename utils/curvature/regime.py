@@ -60,7 +60,7 @@ def figure(rows: list[dict[str, Any]], title: str, points: list[dict[str, Any]] 
     `points`): final AUROC of each score against the memorized fraction, one marker per run."""
     plt = plots.plt
     ncols = 2 if points else 1
-    fig, axes = plt.subplots(1, ncols, figsize=(7.5 * ncols, 4.8), squeeze=False)
+    fig, axes = plt.subplots(1, ncols, figsize=(7.5 * ncols, 4.8), squeeze=False, gridspec_kw={"wspace": 0.35})
     ax = axes[0, 0]
     for j, (sid, lab) in enumerate(SERIES.items()):
         pts = [(r["epoch"], r[sid]) for r in rows if sid in r and np.isfinite(r[sid])]
@@ -103,8 +103,15 @@ def write_regime(cfg: dict[str, Any]) -> tuple[list[dict[str, Any]], list[Path]]
     """regime.csv + regime.png under curv_scores/<run>/analysis/; returns the rows and the paths."""
     run = open_run(cfg)
     a = run.cfg["analysis"]
-    rows = regime_rows(cfg, a["regime_cl"])
     out = run.scores / "analysis"
+    cached = out / "regime.csv"
+    scores = run.scores / SCORE_FILE
+    fresh = cached.is_file() and scores.is_file() and cached.stat().st_mtime > scores.stat().st_mtime
+    rows = read_table(cached) if fresh else None  # newer than the scores: reuse (Confident Learning is slow)
+    if rows is None or (a["regime_cl"] and not any("confident_learning" in r and r["confident_learning"] != ""
+                                                      for r in rows)):
+        rows = regime_rows(cfg, a["regime_cl"])
+    rows = [{k: v for k, v in r.items() if v != ""} for r in rows]
     pts = read_table(a["regime_points"]) if a["regime_points"] else None
     paths = write_table(out / "regime", rows)
     paths.append(save_figure(figure(rows, f"regime curve: {run.name}", pts), out / "regime.png"))
