@@ -54,3 +54,21 @@ def write_image_folder(root: Path, classes=("a", "b", "c"), n: int = 4, ext: str
 @pytest.fixture
 def tiny(tmp_path):
     return lambda *o: tiny_cfg(tmp_path, *o)
+
+
+def execute_notebook(name: str, parameters: str, timeout: int = 300) -> list[dict]:
+    """Run notebooks/<name>.ipynb headless (nbclient) with its one cell tagged 'parameters' replaced by `parameters`;
+    returns the code cells' outputs after checking that no cell raised."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, "the run is chosen in exactly one cell tagged 'parameters'"
+    tagged[0].source = parameters
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                            resources={"metadata": {"path": str(ROOT / "notebooks")}})
+    client.execute(env={**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"})
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    return outputs

@@ -6,14 +6,11 @@ executed headless on that grid and on an empty root."""
 from __future__ import annotations
 
 import csv
-import os
 from types import SimpleNamespace
 
-import nbformat
 import numpy as np
 import pytest
 import torch
-from nbclient import NotebookClient
 
 import utils.spectral.capture as esm_mod
 from utils.callbacks import TrainState
@@ -27,7 +24,7 @@ from utils.spectral.capture import SpectrumCallback, compute_spectrum, sample_in
 from utils.spectral.esm import esm_root, grid_dir, grid_name, load_spectra, main_analyse, main_grid, run_config, run_grid
 from utils.spectral.hessian import HessianOperator, batches_from_dataset
 
-from .conftest import ROOT
+from .conftest import ROOT, execute_notebook
 
 torch.set_num_threads(1)
 
@@ -248,14 +245,8 @@ def test_run_config_and_resampling(tmp_path):
 
 def _run_notebook(grid: str, *overrides: str) -> list[dict]:
     """Execute the notebook with its parameters cell replaced; returns the code cells' outputs."""
-    nb = nbformat.read(ROOT / "notebooks" / "spectral_memorization.ipynb", as_version=4)
-    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
-    assert len(tagged) == 1, "the grid is chosen in exactly one cell tagged 'parameters'"
-    tagged[0].source = f"GRID = {grid!r}\nCONFIG = 'configs/esm/digits_mlp.yaml'\nOVERRIDES = {list(overrides)!r}\n"
-    client = NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}})
-    client.execute(env={**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"})
-    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
-    assert not [o for o in outputs if o.get("output_type") == "error"]
+    outputs = execute_notebook("spectral_memorization", f"GRID = {grid!r}\nCONFIG = 'configs/esm/digits_mlp.yaml'\n"
+                               f"OVERRIDES = {list(overrides)!r}\n")
     assert not [o for o in outputs if o.get("name") == "stderr"], "no warnings or progress bars"
     return outputs
 

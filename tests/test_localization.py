@@ -2,7 +2,6 @@
 gradient accounting, and all five scripts + the notebook on a tiny digits run."""
 
 import copy
-import os
 
 import numpy as np
 import pytest
@@ -20,7 +19,7 @@ from utils.models import build_model, forward
 from utils.runs import model_for, open_run
 from utils.train import train
 
-from .conftest import ROOT, run_script
+from .conftest import execute_notebook, run_script
 
 
 # ----------------------------------------------------------------------------- layer groups
@@ -306,17 +305,7 @@ def test_heatmaps_label_rows_with_layer_names():
 # ----------------------------------------------------------------------------- scripts and notebook
 def _execute_notebook(run: str, etd_run: str, scores) -> list[dict]:
     """Run notebooks/localization.ipynb headless with its parameters cell replaced; its code outputs."""
-    import nbformat
-    from nbclient import NotebookClient
-
-    nb = nbformat.read(ROOT / "notebooks" / "localization.ipynb", as_version=4)
-    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
-    assert len(tagged) == 1, "the run is chosen in exactly one cell tagged 'parameters'"
-    tagged[0].source = f"RUN = {run!r}\nETD_RUN = {etd_run!r}\nSCORES = {str(scores)!r}\n"
-    client = NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}})
-    client.execute(env={**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"})
-    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
-    assert not [o for o in outputs if o.get("output_type") == "error"]
+    outputs = execute_notebook("localization", f"RUN = {run!r}\nETD_RUN = {etd_run!r}\nSCORES = {str(scores)!r}\n", 120)
     assert not [o for o in outputs if o.get("name") == "stderr"], "no progress bars or warnings in the notebook"
     return outputs
 

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import os
-
-import nbformat
 import numpy as np
 import pytest
-from nbclient import NotebookClient
 
 from utils.io import load_npz
 from utils.runs import run_dir
 
-from .conftest import ROOT
+from .conftest import execute_notebook
 from .test_analysis import make_run, write_scores
 
 NOTEBOOKS = ("analyze_curvature", "duplicates", "memorization_ground_truth")
@@ -37,27 +33,14 @@ def _parameters(cfg: dict) -> str:
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_runs(scored_run, name):
-    nb = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
-    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
-    assert len(tagged) == 1, "the run name lives in exactly one cell tagged 'parameters'"
-    tagged[0].source = _parameters(scored_run)
-    client = NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}})
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
-    client.execute(env=env)  # raises CellExecutionError on the first failing cell
-    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
-    assert not [o for o in outputs if o.get("output_type") == "error"]
+    outputs = execute_notebook(name, _parameters(scored_run))
     assert any("image/png" in o.get("data", {}) for o in outputs), "the notebook should show its figure"
     assert not [o for o in outputs if o.get("name") == "stderr"], "no progress-bar output in the notebook"
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_on_a_missing_run_prints_one_line(tmp_path, name):
-    nb = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
-    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
-    tagged[0].source = f"RUN = 'no_such_run'\nOVERRIDES = ['paths.pretrained={tmp_path}/p', 'paths.scores={tmp_path}/s']\n"
-    client = NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}})
-    client.execute(env={**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"})
-    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
-    assert not [o for o in outputs if o.get("output_type") == "error"]
+    outputs = execute_notebook(name, f"RUN = 'no_such_run'\nOVERRIDES = ['paths.pretrained={tmp_path}/p', "
+                                     f"'paths.scores={tmp_path}/s']\n", 120)
     text = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
     assert text.count("error: no run 'no_such_run'") == 1 and text.strip().count("\n") == 0, text
