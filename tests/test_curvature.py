@@ -216,3 +216,38 @@ def test_exact_curvature_through_attention():
     exact = input_curvature(model, x, y, method="exact", probes=probes)
     fd = input_curvature(model, x, y, method="fd", h=1e-5, probes=probes)
     torch.testing.assert_close(exact["curvature"], fd["curvature"], rtol=1e-3, atol=0)
+
+
+def test_official_form_and_evaluation_run_in_fp32_whatever_the_caller_set():
+    """TF32 off and autocast off inside the official-form scorer and the per-sample evaluation pass, even when the
+    caller allowed TF32 and opened a bf16 autocast region (the training loop does both on CUDA)."""
+    from utils.distributed import setup
+    from utils.evaluate import evaluate
+
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(12, 3)
+
+        def forward(self, x):
+            seen.append((torch.backends.cuda.matmul.allow_tf32, torch.is_autocast_enabled("cpu")))
+            return self.lin(x.flatten(1))
+
+    model = Spy()
+    x, y = torch.randn(8, 3, 2, 2), torch.randint(0, 3, (8,))
+    ds = [(i, x[i], int(y[i])) for i in range(8)]
+    ref = evaluate(model, ds, setup(), 4)
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        seen.clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            official_curvature(model, x, y, n_probes=2)
+            out = evaluate(model, ds, setup(), 4)
+        assert torch.backends.cuda.matmul.allow_tf32 is True  # restored
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
+    assert seen and all(s == (False, False) for s in seen)
+    assert torch.equal(out["loss"], ref["loss"]) and torch.equal(out["margin"], ref["margin"])  # not bf16
