@@ -43,7 +43,8 @@ def tiny_run(tmp_path_factory):
 
 def test_digits_default_run_flags_noisy_labels(tmp_path):
     """The default configs/digits.yaml run (10 % symmetric noise), its first 30 of 60 epochs (the constant-lr
-    schedule makes them identical to the full run's), scored at the default settings; the full 60-epoch run gives 0.978 (RESULTS.md)."""
+    schedule makes them identical to the full run's), scored at the default settings; the full 60-epoch run gives
+    0.978 (RESULTS.md)."""
     cfg = load_config(ROOT / "configs/digits.yaml", [f"paths.pretrained={tmp_path}/p", f"paths.scores={tmp_path}/s",
                                                      f"paths.logs={tmp_path}/l", "run=demo", "train.stats=false",
                                                      "train.epochs=30"])
