@@ -160,7 +160,8 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-VALID_KEYS = sorted(flatten(DEFAULTS))
+FLAT_DEFAULTS = flatten(DEFAULTS)  # {"section.key": default}: the schema, flat
+VALID_KEYS = sorted(FLAT_DEFAULTS)
 
 
 def _type_ok(default: Any, value: Any) -> bool:
@@ -197,14 +198,13 @@ def suggest(key: str) -> str:
 
 
 def _set(cfg: dict[str, Any], key: str, value: Any, origin: str) -> None:
-    flat_defaults = flatten(DEFAULTS)
-    if key not in flat_defaults:
-        if any(k.startswith(key + ".") for k in flat_defaults) and isinstance(value, dict):
+    if key not in FLAT_DEFAULTS:
+        if any(k.startswith(key + ".") for k in FLAT_DEFAULTS) and isinstance(value, dict):
             for k, v in value.items():
                 _set(cfg, f"{key}.{k}", v, origin)
             return
         raise UserError(f"unknown config key {key!r} ({origin}){suggest(key)}")
-    default = flat_defaults[key]
+    default = FLAT_DEFAULTS[key]
     if isinstance(default, float) and isinstance(value, str):
         try:  # YAML 1.1 reads "1e-3" as a string
             value = float(value)
@@ -259,7 +259,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
             value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
-        if isinstance(flatten(DEFAULTS).get(key), str) and not isinstance(value, str):
+        if isinstance(FLAT_DEFAULTS.get(key), str) and not isinstance(value, str):
             value = raw  # string keys take the text as written (run=on is the run "on", not True)
         _set(cfg, key, value, "command line")
     if not cfg["run"]:

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from .data import DataBundle, GlobalBatchSampler, IndexedDataset, TensorTransform
 from .errors import UserError
-from .hashing import M32, fmix32, key_hash
+from .hashing import key_hash, mix_index
 
 _AUG_STREAM = 0xA06  # keeps augmentation hashes apart from other users of utils.hashing
 
@@ -34,9 +34,8 @@ _AUG_STREAM = 0xA06  # keeps augmentation hashes apart from other users of utils
 def augment_params(index: torch.Tensor, pad: int, seed: int, epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-sample crop offsets and flips for sample indices (B,) int64: (top (B,), left (B,)) int64 in [0, 2*pad]
     (pixels into the padded image) and flip (B,) bool, on index's device. Disjoint bits of one 32-bit hash of
-    (seed, epoch, index) (both halves of the index folded in with MurmurHash3's finaliser, as `mix_index`)."""
-    idx = index.to(torch.int64)
-    h = fmix32(fmix32((idx & M32) ^ key_hash(seed, epoch, _AUG_STREAM)) ^ ((idx >> 32) & M32))  # (B,) 32-bit values
+    (seed, epoch, index) (`utils.hashing.mix_index`)."""
+    h = mix_index(key_hash(seed, epoch, _AUG_STREAM), index).view(-1)  # (B,) 32-bit values
     span = 2 * pad + 1
     return (h & 0xFFFF) % span, ((h >> 16) & 0x7FFF) % span, (h >> 31) == 1
 

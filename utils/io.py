@@ -68,8 +68,9 @@ def save_npz(path: str | os.PathLike, **arrays: Any) -> Path:
     return atomic_write(path, write)
 
 
-def load_npz(path: str | os.PathLike, what: str = "") -> dict[str, np.ndarray]:
-    """Every array of an `.npz` (read fully, no pickles); missing or corrupt -> one-line UserError.
+def load_npz(path: str | os.PathLike, what: str = "", keys: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+    """The arrays of an `.npz` (all, or only those of `keys` that it holds; no pickles); missing or corrupt ->
+    one-line UserError.
 
     `what` says how to make the file (e.g. "score the run first (score_digits_checkpoint.py run=x)")."""
     path = Path(path)
@@ -77,7 +78,7 @@ def load_npz(path: str | os.PathLike, what: str = "") -> dict[str, np.ndarray]:
         raise UserError(f"{path} not found; {what or 'run the previous stage first'}")
     try:
         with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+            return {k: z[k] for k in z.files if keys is None or k in keys}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
         raise UserError(f"{path} is corrupt or truncated ({type(e).__name__}); delete it and "
                         f"{what or 'rerun the stage that wrote it'}") from None

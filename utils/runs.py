@@ -290,4 +290,4 @@ def load_stats(rdir: Path, what: str = "") -> dict[str, np.ndarray]:
 def describe_diff(recorded: dict[str, Any], cfg: dict[str, Any]) -> str:
     """'noise.rate: run 0.05, now 0.1; ...' for the run-defining keys that differ."""
     diff = identity_diff(recorded, cfg)
-    return "; ".join(f"{k}: run {a!r}, now {b!r}" for k, (a, b) in diff.items())
+    return "; ".join(f"{k}: run {a!r}, now {b!r}" for k, (a, b) in diff.items()) or "keys outside data/noise/model/train"

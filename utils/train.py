@@ -80,10 +80,6 @@ def _epoch_metrics(stats: dict[str, torch.Tensor], test: dict[str, torch.Tensor]
     return out
 
 
-def _describe(recorded: dict[str, Any], cfg: dict[str, Any]) -> str:
-    return describe_diff(recorded, cfg) or "keys outside data/noise/model/train"
-
-
 def _decide_start(cfg: dict[str, Any], rdir: Path, ident: str) -> tuple[str, Any]:
     """Rank 0: ("fresh", None), ("resume", resume-state dict) or ("error", message)."""
     try:
@@ -93,7 +89,7 @@ def _decide_start(cfg: dict[str, Any], rdir: Path, ident: str) -> tuple[str, Any
             return "error", f"{rdir} already holds checkpoints; pass resume=true to continue it or run=<new name>"
         recorded, _, rec_ident = read_run_record(rdir)
         if rec_ident != ident:
-            return "error", (f"run {cfg['run']!r} in {rdir} was trained with another config ({_describe(recorded, cfg)}); "
+            return "error", (f"run {cfg['run']!r} in {rdir} was trained with another config ({describe_diff(recorded, cfg)}); "
                              "to continue it, repeat its overrides; for a new run pass run=<new name>")
         path = rdir / "resume.pt"
         if not path.is_file():  # format-1 runs resume from their newest checkpoint
@@ -275,7 +271,8 @@ def main(cfg: dict[str, Any]) -> None:
     rdir = train(cfg)
     if setup().is_main:
         log = Path(cfg["paths"]["logs"]) / f"{cfg['run']}.jsonl"
-        last = json.loads(log.read_text().splitlines()[-1]) if log.is_file() and log.read_text() else {}
+        lines = log.read_text().splitlines() if log.is_file() else []
+        last = json.loads(lines[-1]) if lines else {}
         acc = " ".join(f"{k}={last[k]:.4f}" for k in ("clean_acc", "noisy_acc", "test_acc") if k in last)
         print(f"trained {cfg['run']}: epoch {last.get('epoch', '?')} {acc}\n"
               f"written: {rdir}/ (run.json, record.npz, epoch_*.pt, resume.pt, stats/, train_stats.npz), {log}")

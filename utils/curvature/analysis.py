@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..evaluate import evaluate
 from ..io import load_npz, save_npz, write_table
 from ..metrics import auprc, auroc
 from ..runs import Run, open_run
@@ -162,13 +163,10 @@ def raw_images(ds: Any, idx: np.ndarray) -> np.ndarray:
     return np.stack(out) if out else np.zeros((0, 1, 1))
 
 
-@torch.no_grad()
 def checkpoint_probabilities(run: Run, epoch: int, ds: Any, batch_size: int = 512) -> np.ndarray:
-    """Softmax probabilities (N, K) of a saved epoch's model on a dataset (CPU or the first GPU)."""
-    device = default_device()
-    model = run.load_model(epoch, device)
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False)
-    return torch.cat([torch.softmax(model(x.to(device)).float(), -1).cpu() for _, x, _ in loader]).numpy()
+    """Softmax probabilities (N, K) of a saved epoch's model on a dataset (`utils.evaluate.evaluate`: fp32)."""
+    model = run.load_model(epoch, run.dist.device)
+    return torch.softmax(evaluate(model, ds, run.dist, batch_size, keep_logits=True)["logits"], -1).numpy()
 
 
 def cl_probabilities(run: Run, stats: dict[str, np.ndarray], progress: bool = True) -> tuple[np.ndarray, str]:

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..io import load_npz, read_table, save_figure, write_table
 from ..metrics import auroc
-from ..runs import open_run
+from ..runs import Run, open_run
 from . import plots
 from .analysis import SCORE_FILE, checkpoint_probabilities, confident_learning
 
@@ -28,9 +28,8 @@ SERIES = {"curvature": "curvature (running mean)", "cumulative_loss": "cumulativ
           "confident_learning": "Confident Learning (probabilities of epoch e)"}
 
 
-def regime_rows(cfg: dict[str, Any], cl: bool = True) -> list[dict[str, Any]]:
+def regime_rows(run: Run, cl: bool = True) -> list[dict[str, Any]]:
     """One row per scored epoch: epoch, AUROC of each series (ids of `SERIES`), clean_acc, noisy_acc, test_acc."""
-    run = open_run(cfg)
     sc = load_npz(run.scores / SCORE_FILE, f"score the run first (score_<dataset>_checkpoint.py run={run.name})")
     stats = run.stats()
     noisy = sc["is_noisy"].astype(bool)
@@ -110,7 +109,7 @@ def write_regime(cfg: dict[str, Any]) -> tuple[list[dict[str, Any]], list[Path]]
     rows = read_table(cached) if fresh else None  # newer than the scores: reuse (Confident Learning is slow)
     if rows is None or (a["regime_cl"] and not any("confident_learning" in r and r["confident_learning"] != ""
                                                       for r in rows)):
-        rows = regime_rows(cfg, a["regime_cl"])
+        rows = regime_rows(run, a["regime_cl"])
     rows = [{k: v for k, v in r.items() if v != ""} for r in rows]
     pts = read_table(a["regime_points"]) if a["regime_points"] else None
     paths = write_table(out / "regime", rows)
