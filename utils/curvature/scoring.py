@@ -127,15 +127,21 @@ def aggregate(sdir: Path, epochs: list[int], record_arrays: dict[str, np.ndarray
     return arrays
 
 
+def _clash(f: Path, sc: dict[str, Any]) -> str:
+    """The one-line refusal for an epoch file scored with settings other than `sc`'s ("" if they match)."""
+    diff = _differences(_file_settings(f), settings(sc))
+    if not diff:
+        return ""
+    what = ", ".join(f"score.{k}: file {a!r}, now {b!r}" for k, (a, b) in diff.items())
+    return f"{f} was scored with other settings ({what}); repeat them to continue, or set paths.scores=<another dir>"
+
+
 def _existing(sdir: Path, sc: dict[str, Any]) -> list[int]:
     """Epochs already scored under `sdir` with these settings (other settings are refused, naming them)."""
-    want, found = settings(sc), []
+    found = []
     for f in sorted(Path(sdir).glob("epoch_*.npz")):
-        diff = _differences(_file_settings(f), want)
-        if diff:
-            what = ", ".join(f"score.{k}: file {a!r}, now {b!r}" for k, (a, b) in diff.items())
-            raise UserError(f"{f} was scored with other settings ({what}); repeat them to continue, "
-                            f"or set paths.scores=<another dir>")
+        if msg := _clash(f, sc):
+            raise UserError(msg)
         found.append(int(f.stem.split("_")[1]))
     return found
 
@@ -197,8 +203,11 @@ class OnlineScorer(Callback):
         self.cfg, self.sc, self.sdir = cfg, cfg["score"], score_dir(cfg)
 
     def _score(self, state: TrainState) -> None:
-        if state.dist.is_main and epoch_path(self.sdir, state.epoch).is_file():
-            _existing(self.sdir, self.sc)  # refuses files written with other settings
+        f = epoch_path(self.sdir, state.epoch)
+        # rank 0 checks the file it would replace and every rank follows (a rank-0-only error would hang the rest)
+        msg = broadcast_object(_clash(f, self.sc) if state.dist.is_main and f.is_file() else "")
+        if msg:
+            raise UserError(msg)
         data = state.data
         arrays = score_model(state.model, datasets_of(data, self.sc["split"]), self.sc, state.epoch, state.dist,
                              num_workers=self.cfg["data"]["num_workers"])
