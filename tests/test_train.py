@@ -24,6 +24,8 @@ def _weights(path):
 
 def test_run_record_checkpoints_stats_and_log(tiny, tmp_path):
     cfg = tiny()
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "tiny.jsonl").write_text('{"epoch": 9, "note": "a stale log of an earlier run"}\n')
     rdir = train(cfg)
     assert [e for e, _ in list_checkpoints(rdir)] == [0, 1, 2, 3]
     ck = torch.load(rdir / "epoch_003.pt", weights_only=True)
@@ -108,6 +110,18 @@ def test_resume_with_other_config_names_the_keys(tiny):
         train(tiny("train.epochs=2", "train.lr=0.5"))
     with pytest.raises(UserError, match="resume=true"):
         train(tiny("train.epochs=2", "resume=false"))
+
+
+def test_adamw_optimizer_is_used_and_keeps_sgd_identities(tiny):
+    from utils.config import identity_hash
+
+    sgd = tiny("train.epochs=1")
+    assert identity_hash(sgd) == identity_hash({**sgd, "train": {k: v for k, v in sgd["train"].items() if k != "optimizer"}})
+    rdir = train(tiny("train.epochs=1", "train.optimizer=adamw", "train.lr=0.001", "run=tiny_adamw"))
+    state = torch.load(rdir / "resume.pt", weights_only=True)["optimizer"]
+    assert "exp_avg_sq" in state["state"][0] and state["param_groups"][0]["lr"] == 0.001  # AdamW's state, its lr
+    with pytest.raises(UserError, match="train.optimizer must be sgd or adamw, got 'adam'"):
+        train(tiny("train.epochs=1", "train.optimizer=adam", "run=tiny_adam"))
 
 
 def test_zero_epochs_is_one_line_error(tiny):

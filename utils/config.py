@@ -55,6 +55,7 @@ DEFAULTS: dict[str, Any] = {
     "train": {
         "epochs": 30,
         "batch_size": 128,  # global batch (split across ranks)
+        "optimizer": "sgd",  # sgd (momentum, nesterov) | adamw (betas 0.9/0.999; weight_decay decoupled)
         "lr": 0.1,
         "momentum": 0.9,
         "weight_decay": 0.0,
@@ -293,6 +294,8 @@ def identity_items(cfg: dict[str, Any]) -> dict[str, Any]:
             flat.pop(k, None)
     if not flat.get("data.on_device", False):  # DataLoader-path runs keep their identity from before the key
         flat.pop("data.on_device", None)
+    if flat.get("train.optimizer", "sgd") == "sgd":  # SGD runs keep their identity from before the key
+        flat.pop("train.optimizer", None)
     return flat
 
 

@@ -50,7 +50,12 @@ __all__ = ["Callback", "TrainState", "train", "main"]
 
 
 def _optimizer(cfg: dict[str, Any], model: nn.Module) -> torch.optim.Optimizer:
+    """`train.optimizer`: sgd (momentum, nesterov, L2 weight decay) or adamw (decoupled weight decay)."""
     t = cfg["train"]
+    if t["optimizer"] == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=t["lr"], weight_decay=t["weight_decay"])
+    if t["optimizer"] != "sgd":
+        raise UserError(f"train.optimizer must be sgd or adamw, got {t['optimizer']!r}")
     return torch.optim.SGD(model.parameters(), lr=t["lr"], momentum=t["momentum"], weight_decay=t["weight_decay"],
                            nesterov=t["nesterov"])
 
@@ -186,6 +191,7 @@ def train(cfg: dict[str, Any], callbacks: list[Callback] | tuple = ()) -> Path:
     elif dist.is_main:
         write_run_record(rdir, cfg, data.record, ident)
         _save(state, rdir, ident, {}, keep_epoch=True)
+        log_path.unlink(missing_ok=True)  # a fresh run's log holds that run only (the ESM grid retrains in place)
     barrier()
     if dist.is_main and kind == "resume":
         print(f"resuming {cfg['run']} from epoch {state.epoch} (step {state.step})", flush=True)

@@ -109,7 +109,8 @@ def figure_esm_vs_step(values: list[dict[str, Any]], key: str = "esm") -> Any:
                 thr = next((v["threshold"] for v in values if v["grid"] == grid and np.isfinite(v["threshold"])), np.nan)
                 ax.axhline(1.0, color="k", ls="--", lw=1.2,
                            label=f"threshold: count = {rmt.PARTICIPATION_C:g} K = {thr:.3g}")
-                ax.set_yscale("log")
+                r = [v["ratio"] for v in values if v["grid"] == grid and np.isfinite(v["ratio"])]
+                ax.set_ylim(min([0.7, *r]) * 0.95, max([1.3, *r]) * 1.05)  # linear, the threshold line always inside
                 ax.set_ylabel(f"top-{rmt.PARTICIPATION_WINDOW}K participation / ({rmt.PARTICIPATION_C:g} K)")
             else:
                 ax.set_ylim(0, 1)
