@@ -286,16 +286,19 @@ _RESUME_FREE = ("run", "resume", "paths.", "data.root", "data.folder", "data.num
                 "spectrum.", "esm.")
 
 
+# Run-defining keys added after runs were recorded: left out of the identity while at this default.
+_ADDED_LATER = {"data.on_device": False, "train.optimizer": "sgd"}
+
+
 def identity_items(cfg: dict[str, Any]) -> dict[str, Any]:
     """The flat keys that define a run (what must match when resuming)."""
     flat = {k: v for k, v in flatten(cfg).items() if not any(k == f or k.startswith(f) for f in _RESUME_FREE)}
     if not flat.get("model.etd_p_mem", 0.0):  # runs without example-tied dropout keep their pre-ETD identity
         for k in ("model.etd_p_gen", "model.etd_p_mem", "model.etd_seed", "model.etd_layers"):
             flat.pop(k, None)
-    if not flat.get("data.on_device", False):  # DataLoader-path runs keep their identity from before the key
-        flat.pop("data.on_device", None)
-    if flat.get("train.optimizer", "sgd") == "sgd":  # SGD runs keep their identity from before the key
-        flat.pop("train.optimizer", None)
+    for k, default in _ADDED_LATER.items():  # at its default, a key added later leaves older runs' identity as it was
+        if flat.get(k, default) == default:
+            flat.pop(k, None)
     return flat
 
 

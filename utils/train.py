@@ -49,13 +49,14 @@ from .runs import (
 __all__ = ["Callback", "TrainState", "train", "main"]
 
 
+OPTIMIZERS = ("sgd", "adamw")  # train.optimizer (checked by _check before any data is loaded)
+
+
 def _optimizer(cfg: dict[str, Any], model: nn.Module) -> torch.optim.Optimizer:
     """`train.optimizer`: sgd (momentum, nesterov, L2 weight decay) or adamw (decoupled weight decay)."""
     t = cfg["train"]
     if t["optimizer"] == "adamw":
         return torch.optim.AdamW(model.parameters(), lr=t["lr"], weight_decay=t["weight_decay"])
-    if t["optimizer"] != "sgd":
-        raise UserError(f"train.optimizer must be sgd or adamw, got {t['optimizer']!r}")
     return torch.optim.SGD(model.parameters(), lr=t["lr"], momentum=t["momentum"], weight_decay=t["weight_decay"],
                            nesterov=t["nesterov"])
 
@@ -158,6 +159,11 @@ def _build(cfg: dict[str, Any], dist: Dist) -> tuple[TrainState, Any]:
     return TrainState(cfg, dist, data, model, net, optimizer, scheduler), loader
 
 
+def log_path(cfg: dict[str, Any]) -> Path:
+    """<paths.logs>/<run>.jsonl: one JSON line per epoch (epoch, step, lr, losses, accuracies, time)."""
+    return Path(cfg["paths"]["logs"]) / f"{cfg['run']}.jsonl"
+
+
 def _check(cfg: dict[str, Any]) -> None:
     t = cfg["train"]
     if t["epochs"] < 1 and t["max_steps"] < 1:
@@ -165,6 +171,8 @@ def _check(cfg: dict[str, Any]) -> None:
     for key in ("batch_size", "checkpoint_every", "stats_every", "log_every", "eval_batch_size"):
         if t[key] < 1:
             raise UserError(f"train.{key} must be >= 1, got {t[key]}")
+    if t["optimizer"] not in OPTIMIZERS:
+        raise UserError(f"train.optimizer must be sgd or adamw, got {t['optimizer']!r}")
 
 
 def train(cfg: dict[str, Any], callbacks: list[Callback] | tuple = ()) -> Path:
@@ -175,7 +183,7 @@ def train(cfg: dict[str, Any], callbacks: list[Callback] | tuple = ()) -> Path:
     state, loader = _build(cfg, dist)
     model, optimizer, data = state.model, state.optimizer, state.data
     rdir, ident = run_dir(cfg), identity_hash(cfg)
-    log_path = Path(cfg["paths"]["logs"]) / f"{cfg['run']}.jsonl"
+    log = log_path(cfg)
     steps_per_epoch = len(loader)
     epochs = math.ceil(t["max_steps"] / steps_per_epoch) if t["max_steps"] else t["epochs"]
     total_steps = t["max_steps"] or epochs * steps_per_epoch
@@ -191,7 +199,7 @@ def train(cfg: dict[str, Any], callbacks: list[Callback] | tuple = ()) -> Path:
     elif dist.is_main:
         write_run_record(rdir, cfg, data.record, ident)
         _save(state, rdir, ident, {}, keep_epoch=True)
-        log_path.unlink(missing_ok=True)  # a fresh run's log holds that run only (the ESM grid retrains in place)
+        log.unlink(missing_ok=True)  # a fresh run's log holds that run only (the ESM grid retrains in place)
     barrier()
     if dist.is_main and kind == "resume":
         print(f"resuming {cfg['run']} from epoch {state.epoch} (step {state.step})", flush=True)
@@ -258,8 +266,8 @@ def train(cfg: dict[str, Any], callbacks: list[Callback] | tuple = ()) -> Path:
             if stats:
                 _write_stats(rdir, epoch, stats, metrics)
             _save(state, rdir, ident, metrics, keep_epoch=epoch % t["checkpoint_every"] == 0 or last_epoch)
-            log_path.parent.mkdir(parents=True, exist_ok=True)
-            with open(log_path, "a") as f:
+            log.parent.mkdir(parents=True, exist_ok=True)
+            with open(log, "a") as f:
                 f.write(json.dumps(metrics) + "\n")
             bar.write(" ".join(f"{k_}={v:.4g}" if isinstance(v, float) else f"{k_}={v}" for k_, v in metrics.items()))
         for cb in callbacks:
@@ -276,7 +284,7 @@ def main(cfg: dict[str, Any]) -> None:
     """Entry point of the train_*.py scripts: trains, then prints where everything went."""
     rdir = train(cfg)
     if setup().is_main:
-        log = Path(cfg["paths"]["logs"]) / f"{cfg['run']}.jsonl"
+        log = log_path(cfg)
         lines = log.read_text().splitlines() if log.is_file() else []
         last = json.loads(lines[-1]) if lines else {}
         acc = " ".join(f"{k}={last[k]:.4f}" for k in ("clean_acc", "noisy_acc", "test_acc") if k in last)
