@@ -136,3 +136,103 @@ def test_offline_download_says_how_to_get_it(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="offline") as e:
         build_data(cfg)
     assert "cifar-10-python.tar.gz" in str(e.value) and "\n" not in str(e.value)
+
+
+# ----------------------------------------------------------------------------- MNIST (IDX files, torchvision's loader)
+def write_mnist_idx(root, n_train: int = 60, n_test: int = 20, seed: int = 0):
+    """The four original IDX files (big-endian header, uint8 payload) under root/MNIST/raw/, as torchvision reads them."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        images[:, :, :14] = 0  # left half dark: a horizontal mirror would be visible
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(
+            np.array([0x803, n, 28, 28], ">i4").tobytes() + images.tobytes())
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(np.array([0x801, n], ">i4").tobytes() + labels.tobytes())
+    return raw
+
+
+def test_mnist_idx_files(tmp_path):
+    write_mnist_idx(tmp_path / "data")
+    cfg = tiny_cfg(tmp_path, "data.name=mnist", f"data.root={tmp_path}/data", "data.subset=0", "noise.rate=0.1",
+                   "noise.duplicates=2")
+    b = build_data(cfg)
+    assert len(b.train) == 62 and len(b.test) == 20 and b.in_channels == 1 and b.image_size == 28
+    assert b.classes == [str(i) for i in range(10)] and b.record["dataset"] == "mnist"
+    assert list(b.train.true_labels[:10]) == list(range(10)) and b.train.is_noisy[:60].sum() == 6
+    raw = b.train.raw(3)
+    assert raw.dtype == torch.uint8 and raw.shape == (1, 28, 28) and raw[:, :, :14].sum() == 0
+    x = b.train_eval[3][1]
+    assert torch.allclose(x, (raw.float() / 255 - 0.1307) / 0.3081)
+
+
+def test_mnist_crops_never_mirror(tmp_path):
+    write_mnist_idx(tmp_path / "data")
+    base = ["data.name=mnist", f"data.root={tmp_path}/data", "data.subset=0"]
+    plain = build_data(tiny_cfg(tmp_path, *base, "data.augment=true", "data.crop_pad=0"))
+    assert not plain.train.transform.augment  # crop_pad 0: no augmentation at all (flips are never drawn)
+    b = build_data(tiny_cfg(tmp_path, *base, "data.augment=true", "data.crop_pad=2"))
+    dark = (0 - 0.1307) / 0.3081
+    torch.manual_seed(0)
+    for _ in range(40):  # a mirrored image would carry its bright half on the left: columns 0..11 stay dark
+        assert torch.allclose(b.train[3][1][:, :, :12], torch.tensor(dark))
+
+
+def test_mnist_missing_and_offline_say_how_to_get_it(tmp_path, monkeypatch):
+    import urllib.error
+
+    from torchvision.datasets import MNIST
+
+    cfg = tiny_cfg(tmp_path, "data.name=mnist", f"data.root={tmp_path}/none", "data.download=false")
+    with pytest.raises(UserError, match="data.download=true") as e:
+        build_data(cfg)
+    assert "train-images-idx3-ubyte" in str(e.value) and "\n" not in str(e.value)
+
+    def offline(*a, **k):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr("torchvision.datasets.utils.download_and_extract_archive", offline)
+    monkeypatch.setattr("torchvision.datasets.mnist.download_and_extract_archive", offline, raising=False)
+    cfg = tiny_cfg(tmp_path, "data.name=mnist", f"data.root={tmp_path}/none", "data.download=true")
+    with pytest.raises(UserError, match="offline") as e:
+        build_data(cfg)
+    assert "data.download=false" in str(e.value) and "\n" not in str(e.value)
+    assert MNIST is not None
+
+
+def test_mnist_corrupt_idx_is_one_line(tmp_path):
+    raw = write_mnist_idx(tmp_path / "data")
+    (raw / "train-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03" + b"\x00" * 7)
+    cfg = tiny_cfg(tmp_path, "data.name=mnist", f"data.root={tmp_path}/data", "data.subset=0")
+    with pytest.raises(UserError, match="corrupt") as e:
+        build_data(cfg)
+    assert "\n" not in str(e.value)
+
+
+def test_mnist_device_batches_crop_but_never_mirror(tmp_path):
+    from utils.device_data import bundle_on_device
+
+    write_mnist_idx(tmp_path / "data", n_train=40)
+    base = ["data.name=mnist", f"data.root={tmp_path}/data", "data.subset=0", "data.augment=true", "data.crop_pad=2"]
+    b = bundle_on_device(build_data(tiny_cfg(tmp_path, *base)), "cpu")
+    idx = torch.arange(10)
+    for epoch in range(5):
+        x, _ = b.train.device_batch(idx, seed=0, epoch=epoch)
+        assert torch.allclose(x[:, :, :, :12], torch.tensor((0 - 0.1307) / 0.3081))  # crops, never mirrored
+
+
+def test_mnist_scripts_train_score_and_analyse(tmp_path):
+    """train_mnist.py -> score_mnist_checkpoint.py run=<name>: the run record carries the data set."""
+    from .conftest import run_script
+
+    write_mnist_idx(tmp_path / "data", n_train=60)
+    out = [f"paths.pretrained={tmp_path}/p", f"paths.scores={tmp_path}/s", f"paths.logs={tmp_path}/l"]
+    r = run_script("train_mnist.py", "run=m", "data.subset=0", "model.name=digits_mlp", "model.width=16",
+                   "train.epochs=2", "train.milestones=[]", *out, env={"DATA_ROOT": str(tmp_path / "data")})
+    assert r.returncode == 0, r.stderr
+    r = run_script("score_mnist_checkpoint.py", "run=m", *out, env={"DATA_ROOT": str(tmp_path / "data")})
+    assert r.returncode == 0, r.stderr
+    with np.load(tmp_path / "s" / "m" / "curvature.npz") as z:
+        assert z["curvature"].shape == (60,) and str(z["dataset"]) == "mnist" and z["is_noisy"].sum() == 6

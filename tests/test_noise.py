@@ -56,3 +56,13 @@ def test_duplicates_conflict_and_come_from_clean():
     assert len(set(src)) == 50 and np.all(g[src] == y[src]) and np.all(lab != y[src])
     # the noise itself is unchanged by asking for duplicates (separate stream)
     assert np.array_equal(g, corrupt_labels(y, 10, "symmetric", 0.1, seed=0))
+
+
+def test_asymmetric_digits_map():
+    digits = [str(i) for i in range(10)]
+    m = asymmetric_map(digits)
+    assert {int(s): int(d) for s, d in enumerate(m) if s != d} == {2: 7, 3: 8, 7: 1, 5: 6, 6: 5}
+    y = np.repeat(np.arange(10), 20)
+    g = corrupt_labels(y, 10, "asymmetric", 0.1, seed=0, classes=digits)
+    moved = g != y
+    assert moved.sum() == 20 and set(y[moved]) <= {2, 3, 5, 6, 7} and np.array_equal(g[moved], m[y[moved]])

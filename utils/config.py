@@ -25,11 +25,11 @@ DEFAULTS: dict[str, Any] = {
     "resume": True,  # continue from the newest complete checkpoint of the run
     "paths": {"pretrained": "pretrained", "scores": "curv_scores", "logs": "logs"},
     "data": {
-        "name": "digits",  # digits | cifar10 | cifar100 | imagenet | imagefolder
+        "name": "digits",  # digits | mnist | cifar10 | cifar100 | imagenet | imagefolder
         "root": "",  # "" -> $DATA_ROOT -> ./data
         "folder": "",  # sub-directory of root for imagefolder / imagenet
         "download": False,  # torchvision CIFAR download (needs a network)
-        "augment": True,  # crop + flip for CIFAR / ImageNet (never for digits, never for scoring)
+        "augment": True,  # crop + flip for CIFAR / ImageNet, crop only for MNIST (never for digits, never for scoring)
         "crop_pad": 4,  # in-memory sets: random crop after padding by this many pixels (0 = flip only)
         "image_size": 0,  # 0 -> dataset default (imagefolder / imagenet resize)
         "in_memory": True,  # decode small ImageFolder sets once into a uint8 tensor

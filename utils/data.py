@@ -23,18 +23,20 @@ from .noise import corrupt_labels, pick_duplicates
 CIFAR_MEAN = {"cifar10": (0.4914, 0.4822, 0.4465), "cifar100": (0.5071, 0.4865, 0.4409)}
 CIFAR_STD = {"cifar10": (0.2470, 0.2435, 0.2616), "cifar100": (0.2673, 0.2564, 0.2762)}
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-DATASETS = ("digits", "cifar10", "cifar100", "imagenet", "imagefolder")
+MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
+DATASETS = ("digits", "mnist", "cifar10", "cifar100", "imagenet", "imagefolder")
 
 
 # ----------------------------------------------------------------------------- transforms
 class TensorTransform:
-    """uint8 (C,H,W) -> float (C,H,W): optional pad-`pad` random crop (pad=0: none) + flip, then normalise."""
+    """uint8 (C,H,W) -> float (C,H,W): optional pad-`pad` random crop (pad=0: none) + horizontal flip (`flip`;
+    off for digits, which a mirror would turn into other symbols), then normalise."""
 
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], augment: bool, scale: float = 255.0,
-                 pad: int = 4):
+                 pad: int = 4, flip: bool = True):
         self.mean = torch.tensor(mean).view(-1, 1, 1)
         self.std = torch.tensor(std).view(-1, 1, 1)
-        self.augment, self.scale, self.pad = augment, scale, pad
+        self.augment, self.scale, self.pad, self.flip = augment, scale, pad, flip
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
         x = img.float() / self.scale
@@ -45,7 +47,7 @@ class TensorTransform:
                 x = torch.nn.functional.pad(x, (p, p, p, p))
                 i, j = torch.randint(0, 2 * p + 1, (2,)).tolist()
                 x = x[:, i:i + h, j:j + w]
-            if torch.rand(()) < 0.5:
+            if self.flip and torch.rand(()) < 0.5:
                 x = x.flip(-1)
         return (x - self.mean) / self.std
 
@@ -152,6 +154,31 @@ def _load_cifar(name: str, root: Path, download: bool) -> tuple[torch.Tensor, np
     return xtr, ytr, xte, yte, list(ds.classes)
 
 
+def _load_mnist(root: Path, download: bool) -> tuple[torch.Tensor, np.ndarray, torch.Tensor, np.ndarray, list[str]]:
+    """torchvision's own MNIST loader: the four IDX files under `root/MNIST/raw/` (60,000 / 10,000, original order)."""
+    from torchvision import datasets
+
+    sets = []
+    for train in (True, False):
+        try:
+            ds = datasets.MNIST(str(root), train=train, download=download)
+        except (RuntimeError, ValueError, AssertionError) as e:  # torchvision: not found / failed download / bad IDX
+            if download and "downloading" in str(e).lower():
+                raise UserError(f"downloading MNIST to {root} failed (offline?); copy the four IDX files "
+                                f"(train-images-idx3-ubyte, ...) to {root / 'MNIST' / 'raw'} and run with "
+                                "data.download=false") from None
+            raise UserError(f"MNIST not found or corrupt under {root / 'MNIST' / 'raw'} (the four IDX files "
+                            "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
+                            "t10k-labels-idx1-ubyte); run once with data.download=true on a machine with a network, "
+                            "or point data.root / $DATA_ROOT at the folder holding MNIST/") from None
+        except OSError as e:  # URLError and socket errors: no network
+            raise UserError(f"downloading MNIST to {root} failed ({type(e).__name__}: offline?); copy the four IDX "
+                            f"files to {root / 'MNIST' / 'raw'} and run with data.download=false") from None
+        sets.append((ds.data.unsqueeze(1).contiguous(), ds.targets.numpy()))  # (N, 1, 28, 28) uint8
+    (xtr, ytr), (xte, yte) = sets
+    return xtr, ytr, xte, yte, [str(i) for i in range(10)]
+
+
 def _scan_folder(split_dir: Path) -> tuple[list[str], np.ndarray, list[str]]:
     """ImageFolder scan with clear errors for a missing directory or an empty class folder."""
     from torchvision.datasets.folder import IMG_EXTENSIONS
@@ -222,6 +249,11 @@ def build_data(cfg: dict[str, Any]) -> DataBundle:
         xtr, ytr, xte, yte, classes = _load_digits()
         mean, std = (4.88 / 16,), (6.02 / 16,)  # digits pixel statistics, images scaled to [0, 1]
         mk = lambda aug: TensorTransform(mean, std, augment=False, scale=16.0)  # noqa: E731
+    elif name == "mnist":
+        xtr, ytr, xte, yte, classes = _load_mnist(data_root(cfg), d["download"])
+        # augmentation: pad-`crop_pad` random crops only (0 = none); never a mirror (a flipped 2 is no digit)
+        mk = lambda aug: TensorTransform(MNIST_MEAN, MNIST_STD, aug and d["crop_pad"] > 0, pad=d["crop_pad"],  # noqa: E731
+                                         flip=False)
     elif name in ("cifar10", "cifar100"):
         xtr, ytr, xte, yte, classes = _load_cifar(name, data_root(cfg), d["download"])
         mk = lambda aug: TensorTransform(CIFAR_MEAN[name], CIFAR_STD[name], aug, pad=d["crop_pad"])  # noqa: E731

@@ -71,7 +71,7 @@ class DeviceDataset:
         self.labels = torch.as_tensor(base.given_labels, dtype=torch.int64).to(self.device)  # (N,)
         self.mean = tf.mean.view(1, -1, 1, 1).to(self.device)
         self.std = tf.std.view(1, -1, 1, 1).to(self.device)
-        self.scale, self.pad, self.augment = tf.scale, tf.pad, tf.augment
+        self.scale, self.pad, self.augment, self.flip = tf.scale, tf.pad, tf.augment, tf.flip
 
     def __len__(self) -> int:
         return len(self.base)
@@ -94,7 +94,8 @@ class DeviceDataset:
         if self.augment:
             if seed is None or epoch is None:
                 raise ValueError("an augmenting DeviceDataset needs the seed and epoch of its augmentation")
-            x = crop_flip(x, *augment_params(index, self.pad, seed, epoch), pad=self.pad)  # exact copies and zeros
+            top, left, flip = augment_params(index, self.pad, seed, epoch)
+            x = crop_flip(x, top, left, flip & self.flip, pad=self.pad)  # exact copies and zeros
         x = x / self.scale  # the same float operations as TensorTransform: bit-identical un-augmented batches
         return (x - self.mean) / self.std, self.labels[index]
 

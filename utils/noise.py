@@ -14,17 +14,20 @@ NOISE_KINDS = ("none", "symmetric", "asymmetric", "random")
 # CIFAR-10's class-dependent noise (Patrini et al.): truck->automobile, bird->airplane,
 # deer->horse, cat<->dog. Applied by class *name*, so the CIFAR-10 JPEG folders get it too.
 ASYMMETRIC_BY_NAME = {"truck": "automobile", "bird": "airplane", "deer": "horse", "cat": "dog", "dog": "cat"}
+# Handwritten digits (MNIST, digits; Patrini et al. 2017): the look-alikes 2->7, 3->8, 7->1, 5<->6.
+ASYMMETRIC_DIGITS = {"2": "7", "3": "8", "7": "1", "5": "6", "6": "5"}
 
 
 def asymmetric_map(classes: list[str]) -> np.ndarray:
-    """Class map (K,) for asymmetric noise: the CIFAR-10 map when the class names match,
-    otherwise the cyclic map k -> k+1 (CIFAR-100's usual 'next class' convention)."""
+    """Class map (K,) for asymmetric noise: the CIFAR-10 map or the digits map (classes '0'..'9') when the class
+    names match, otherwise the cyclic map k -> k+1 (CIFAR-100's usual 'next class' convention)."""
     k = len(classes)
     mapping = np.arange(k)
-    if all(src in classes and dst in classes for src, dst in ASYMMETRIC_BY_NAME.items()):
-        for src, dst in ASYMMETRIC_BY_NAME.items():
-            mapping[classes.index(src)] = classes.index(dst)
-        return mapping
+    for by_name in (ASYMMETRIC_BY_NAME, ASYMMETRIC_DIGITS):
+        if all(src in classes and dst in classes for src, dst in by_name.items()):
+            for src, dst in by_name.items():
+                mapping[classes.index(src)] = classes.index(dst)
+            return mapping
     return (mapping + 1) % k
 
 

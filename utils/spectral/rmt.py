@@ -297,7 +297,7 @@ def esm_metric(eigenvalues: np.ndarray, bulk_nodes: np.ndarray, bulk_weights: np
 
 
 # classes of the data sets a spectrum written before `num_classes` was stored can come from
-_KNOWN_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100, "cifar10-jpeg-dev": 10}
+_KNOWN_CLASSES = {"digits": 10, "mnist": 10, "cifar10": 10, "cifar100": 100, "cifar10-jpeg-dev": 10}
 
 
 def spectrum_classes(s: dict[str, Any]) -> int | None:

@@ -1,0 +1,8 @@
+"""Score the input-loss curvature of every training sample at every saved epoch of a MNIST run:
+python score_mnist_checkpoint.py [--config F] [section.key=value ...]  (score.* keys; torchrun for several GPUs)"""
+
+from utils.cli import run_script
+from utils.curvature.scoring import main
+
+if __name__ == "__main__":
+    run_script(main, "configs/mnist.yaml", __doc__)
