@@ -172,3 +172,65 @@ def test_error_during_a_progress_bar_is_the_last_line(tmp_path):
 def test_script_reports_missing_data(tmp_path):
     res = run_script("train_cifar10.py", "data.download=false", f"data.root={tmp_path}/nothing", cwd=tmp_path)
     assert res.returncode == 2 and "data.download=true" in res.stderr and res.stderr.count("\n") == 1
+
+
+def test_damaged_epoch_files_are_named_not_passed_over(tiny):
+    """Issue 17, finding 1: a finished run with epoch_004.pt deleted and epoch_003.pt cut to 1,000 bytes used to
+    exit 0 on the same command (only resume.pt was read)."""
+    rdir = train(tiny("train.epochs=4"))
+    assert load_checkpoint(rdir / "resume.pt")["saved_epochs"] == [0, 1, 2, 3, 4]
+    train(tiny("train.epochs=4"))  # intact: the same command again is a no-op
+    (rdir / "epoch_004.pt").unlink()
+    p = rdir / "epoch_003.pt"
+    p.write_bytes(p.read_bytes()[:1000])
+    with pytest.raises(UserError) as e:
+        train(tiny("train.epochs=4"))
+    msg = str(e.value)
+    assert "epoch_003.pt corrupt or truncated" in msg and "epoch_004.pt missing" in msg and "\n" not in msg
+    assert "epoch_002.pt" not in msg
+
+
+def test_epoch_file_of_another_epoch_is_refused(tiny):
+    rdir = train(tiny("train.epochs=2"))
+    (rdir / "epoch_001.pt").write_bytes((rdir / "epoch_002.pt").read_bytes())
+    with pytest.raises(UserError, match="epoch_001.pt holds epoch 2, not 1"):
+        train(tiny("train.epochs=3"))
+
+
+def test_kill_between_epoch_file_and_resume_state_resumes(tiny):
+    """epoch_XXX.pt is written before resume.pt: a kill between them leaves resume.pt one epoch back."""
+    rdir = train(tiny("train.epochs=2"))
+    one = torch.load(rdir / "epoch_001.pt", weights_only=True)
+    train(tiny("train.epochs=1", "run=tiny_b"))
+    b = rdir.parent / "tiny_b"
+    (b / "epoch_002.pt").write_bytes((rdir / "epoch_002.pt").read_bytes())  # written, then killed
+    train(tiny("train.epochs=2", "run=tiny_b"))
+    assert torch.equal(torch.load(b / "epoch_002.pt", weights_only=True)["model"]["fc.weight"],
+                       torch.load(rdir / "epoch_002.pt", weights_only=True)["model"]["fc.weight"])
+    assert one["epoch"] == 1
+
+
+def test_newer_format_or_foreign_checkpoint_is_refused(tiny, tmp_path):
+    rdir = train(tiny("train.epochs=1"))
+    ck = torch.load(rdir / "epoch_001.pt", weights_only=True)
+    torch.save({**ck, "format_version": 99}, tmp_path / "newer.pt")
+    torch.save({"state_dict": ck["model"]}, tmp_path / "foreign.pt")
+    with pytest.raises(UserError, match="checkpoint format 99, which this toolkit .format 2. does not read"):
+        load_checkpoint(tmp_path / "newer.pt")
+    with pytest.raises(UserError, match="not a checkpoint of this toolkit"):
+        load_checkpoint(tmp_path / "foreign.pt")
+
+
+def test_truncated_train_stats_is_an_error_and_training_rebuilds_it(tiny, capsys):
+    """Issue 17, finding 2: a train_stats.npz cut to 200 bytes went unnoticed (readers stacked stats/)."""
+    cfg = tiny("train.epochs=2")
+    rdir = train(cfg)
+    whole = rdir / "train_stats.npz"
+    good = whole.read_bytes()
+    whole.write_bytes(good[:200])
+    with pytest.raises(UserError, match="train_stats.npz is corrupt or truncated") as e:
+        open_run(cfg).stats()
+    assert "running the training command" in str(e.value) and "\n" not in str(e.value)
+    train(tiny("train.epochs=2"))
+    assert "rebuilt from" in capsys.readouterr().out
+    assert whole.read_bytes() == good and open_run(cfg).stats()["loss"].shape[0] == 2

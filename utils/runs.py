@@ -79,9 +79,50 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     except Exception as e:  # noqa: BLE001 - any failure to read means the file is unusable
         raise UserError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__}); "
                         "delete it and resume from the previous epoch") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format_version") not in (1, FORMAT_VERSION) or "model" not in ckpt:
-        raise UserError(f"{path} is not a checkpoint of this toolkit (format {FORMAT_VERSION}); delete or move it")
+    why = _not_ours(ckpt)
+    if why:
+        raise UserError(f"{path} {why}")
     return ckpt
+
+
+def _not_ours(ckpt: Any) -> str:
+    """'' for a checkpoint this toolkit can read, else why not (another project's file, a newer format)."""
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "format_version" not in ckpt:
+        return f"is not a checkpoint of this toolkit (format {FORMAT_VERSION}); delete or move it"
+    v = ckpt["format_version"]
+    if v not in (1, FORMAT_VERSION):
+        return (f"was written in checkpoint format {v!r}, which this toolkit (format {FORMAT_VERSION}) does not "
+                "read; use the version of the toolkit that wrote it")
+    return ""
+
+
+def check_checkpoint(path: Path, epoch: int) -> str:
+    """'' when `path` is a readable checkpoint of `epoch`, else what is wrong with it ('missing', 'corrupt or
+    truncated', 'holds epoch 5', ...). Cheap: the tensors are memory-mapped, not read."""
+    path = Path(path)
+    if not path.is_file():
+        return "missing"
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # noqa: BLE001 - any failure to read means the file is unusable
+        return f"corrupt or truncated ({type(e).__name__})"
+    why = _not_ours(ckpt)
+    if why:
+        return why.split(";")[0]
+    if int(ckpt.get("epoch", -1)) != epoch:
+        return f"holds epoch {ckpt.get('epoch')}, not {epoch}"
+    return ""
+
+
+def verify_epoch_files(rdir: Path, epochs: list[int], by: str) -> None:
+    """Every `epoch_XXX.pt` of `epochs` present, readable and of its epoch; else one UserError naming each
+    damaged file (`by` says who claims they exist, e.g. 'resume.pt at epoch 4')."""
+    bad = [(e, why) for e in epochs if (why := check_checkpoint(checkpoint_path(rdir, e), e))]
+    if bad:
+        names = ", ".join(f"{checkpoint_path(rdir, e).name} {why}" for e, why in bad)
+        raise UserError(f"run {Path(rdir).name} is damaged: {names} ({by} says they were written); resume.pt holds "
+                        f"only the newest state, so they cannot be rebuilt from it: restore them, or delete {rdir} "
+                        "and run the same command again (training is deterministic: the same files come back)")
 
 
 # ----------------------------------------------------------------------------- the record
@@ -271,12 +312,30 @@ def stats_path(rdir: Path, epoch: int) -> Path:
     return Path(rdir) / "stats" / f"epoch_{epoch:03d}.npz"
 
 
+def _stats_files(rdir: Path) -> list[Path]:
+    return sorted((rdir / "stats").glob("epoch_*.npz")) if (rdir / "stats").is_dir() else []
+
+
 def load_stats(rdir: Path, what: str = "") -> dict[str, np.ndarray]:
-    """epochs (E,), loss/correct/margin (E, N), test_loss/test_acc (E,) and the record arrays."""
+    """epochs (E,), loss/correct/margin (E, N), test_loss/test_acc (E,) and the record arrays: `stats/epoch_*.npz`
+    stacked (the newest epochs, also mid-training), else `train_stats.npz`. A corrupt `train_stats.npz` is an error
+    either way (a user's own `np.load` would meet it); the training command rebuilds it from `stats/`."""
     rdir = Path(rdir)
-    files = sorted((rdir / "stats").glob("epoch_*.npz")) if (rdir / "stats").is_dir() else []
-    if not files:
-        return load_npz(rdir / "train_stats.npz", what)
+    files = _stats_files(rdir)
+    whole = rdir / "train_stats.npz"
+    if whole.is_file() or not files:
+        fix = (f"it is rebuilt from stats/ by running the training command of run {rdir.name} again" if files
+               else what)
+        got = load_npz(whole, fix, keys=None if not files else ("epochs",))
+        if not files:
+            return got
+    return stack_stats(rdir)
+
+
+def stack_stats(rdir: Path) -> dict[str, np.ndarray]:
+    """`stats/epoch_*.npz` stacked: what `train_stats.npz` holds."""
+    rdir = Path(rdir)
+    files = _stats_files(rdir)
     rows = [load_npz(f) for f in files]
     out = {"epochs": np.array([int(r["epoch"]) for r in rows], np.int64)}
     for k in STAT_KEYS:

@@ -30,19 +30,20 @@ from .device_data import device_loader
 from .distributed import Dist, all_reduce_sum, barrier, broadcast_object, convert_sync_batchnorm, setup
 from .errors import UserError
 from .evaluate import autocast, evaluate
-from .io import save_npz
+from .io import load_npz, save_npz
 from .models import forward, per_sample_loss
 from .runs import (
     checkpoint_path,
     describe_diff,
     list_checkpoints,
     load_checkpoint,
-    load_stats,
     model_for,
     read_run_record,
     run_dir,
     save_checkpoint,
+    stack_stats,
     stats_path,
+    verify_epoch_files,
     write_run_record,
 )
 
@@ -103,9 +104,22 @@ def _decide_start(cfg: dict[str, Any], rdir: Path, ident: str) -> tuple[str, Any
         state = load_checkpoint(path)
         if "optimizer" not in state:
             return "error", f"{path} holds no optimizer state, so {rdir} cannot be resumed; train a new run=<name>"
+        done = int(state["epoch"])  # what resume.pt says was written (older runs: the files present, epoch 0)
+        saved = state.get("saved_epochs") or sorted({0} | {e for e, _ in list_checkpoints(rdir) if e <= done})
+        verify_epoch_files(rdir, [e for e in saved if e <= done], f"{path.name} at epoch {done}")
         return "resume", state
     except UserError as e:
         return "error", str(e)
+
+
+def _note_stale_stats(rdir: Path, stats: bool) -> None:
+    """Say so when a resumed run's train_stats.npz is unreadable: the end of this run rebuilds it from stats/."""
+    whole = rdir / "train_stats.npz"
+    if whole.is_file() and stats and (rdir / "stats").is_dir():
+        try:
+            load_npz(whole, keys=("epochs",))
+        except UserError:
+            print(f"{whole} is corrupt or truncated: rebuilt from {rdir / 'stats'}/ at the end of this run", flush=True)
 
 
 def _sync_buffers(model: nn.Module, dist: Dist) -> None:
@@ -115,13 +129,18 @@ def _sync_buffers(model: nn.Module, dist: Dist) -> None:
             tdist.broadcast(b, 0)
 
 
-def _save(state: TrainState, rdir: Path, ident: str, metrics: dict[str, Any], keep_epoch: bool) -> None:
-    """resume.pt (weights + optimizer + scheduler) every epoch; epoch_XXX.pt (weights) when `keep_epoch`."""
+def _save(state: TrainState, rdir: Path, ident: str, metrics: dict[str, Any], keep_epoch: bool,
+          saved: list[int]) -> None:
+    """epoch_XXX.pt (weights) when `keep_epoch`, then resume.pt (weights + optimizer + scheduler + `saved`, the
+    epochs whose files exist: what a resume verifies). In this order, a kill between the two leaves resume.pt one
+    epoch back, never claiming a file that was not written."""
     head = {"epoch": state.epoch, "step": state.step, "model": state.model.state_dict()}
-    save_checkpoint(rdir / "resume.pt", {**head, "optimizer": state.optimizer.state_dict(),
-                                         "scheduler": state.scheduler.state_dict(), "identity": ident})
     if keep_epoch:
         save_checkpoint(checkpoint_path(rdir, state.epoch), {**head, "metrics": metrics})
+        saved.append(state.epoch)
+    save_checkpoint(rdir / "resume.pt", {**head, "optimizer": state.optimizer.state_dict(),
+                                         "scheduler": state.scheduler.state_dict(), "identity": ident,
+                                         "saved_epochs": sorted(set(saved))})
 
 
 def _write_stats(rdir: Path, epoch: int, stats: dict[str, torch.Tensor], metrics: dict[str, Any]) -> None:
@@ -191,18 +210,21 @@ def train(cfg: dict[str, Any], callbacks: list[Callback] | tuple = ()) -> Path:
     kind, payload = broadcast_object(_decide_start(cfg, rdir, ident) if dist.is_main else None)
     if kind == "error":
         raise UserError(payload)
+    saved: list[int] = []  # epochs whose epoch_XXX.pt exists (rank 0 keeps it; resume.pt records it)
     if kind == "resume":
+        saved = [e for e, _ in list_checkpoints(rdir) if e <= int(payload["epoch"])] if dist.is_main else []
         model.load_state_dict(payload["model"])
         optimizer.load_state_dict(payload["optimizer"])
         state.scheduler.load_state_dict(payload["scheduler"])
         state.epoch, state.step = int(payload["epoch"]), int(payload["step"])
     elif dist.is_main:
         write_run_record(rdir, cfg, data.record, ident)
-        _save(state, rdir, ident, {}, keep_epoch=True)
+        _save(state, rdir, ident, {}, keep_epoch=True, saved=saved)
         log.unlink(missing_ok=True)  # a fresh run's log holds that run only (the ESM grid retrains in place)
     barrier()
     if dist.is_main and kind == "resume":
         print(f"resuming {cfg['run']} from epoch {state.epoch} (step {state.step})", flush=True)
+        _note_stale_stats(rdir, t["stats"])
     callbacks = list(callbacks) + ([OnlineScorer(cfg)] if cfg["score"]["online"] else [])
     for cb in callbacks:
         cb.on_train_start(state)
@@ -265,7 +287,7 @@ def train(cfg: dict[str, Any], callbacks: list[Callback] | tuple = ()) -> Path:
         if dist.is_main:
             if stats:
                 _write_stats(rdir, epoch, stats, metrics)
-            _save(state, rdir, ident, metrics, keep_epoch=epoch % t["checkpoint_every"] == 0 or last_epoch)
+            _save(state, rdir, ident, metrics, keep_epoch=epoch % t["checkpoint_every"] == 0 or last_epoch, saved=saved)
             log.parent.mkdir(parents=True, exist_ok=True)
             with open(log, "a") as f:
                 f.write(json.dumps(metrics) + "\n")
@@ -275,7 +297,7 @@ def train(cfg: dict[str, Any], callbacks: list[Callback] | tuple = ()) -> Path:
         barrier()
     bar.close()
     if dist.is_main and t["stats"] and (rdir / "stats").is_dir():
-        save_npz(rdir / "train_stats.npz", **load_stats(rdir))  # all epochs in one file, written once
+        save_npz(rdir / "train_stats.npz", **stack_stats(rdir))  # all epochs in one file (rebuilt by every run)
     barrier()
     return rdir
 
