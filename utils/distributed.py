@@ -140,14 +140,9 @@ class GlobalBatchNorm(nn.BatchNorm2d):
             return super().forward(x)
         from torch.distributed.nn.functional import all_reduce
 
-        dims = [0, *range(2, x.dim())]
         xf = x.float()
-        count = torch.tensor([x.numel() / x.shape[1]], device=x.device, dtype=torch.float32)
-        stats = all_reduce(torch.cat([xf.sum(dims), (xf * xf).sum(dims), count]))
+        mean, var, n = (t.float() for t in global_moments(x.double(), all_reduce))
         c = x.shape[1]
-        n = stats[-1]
-        mean = stats[:c] / n
-        var = (stats[c:2 * c] / n - mean * mean).clamp_min(0)
         with torch.no_grad():
             self.num_batches_tracked += 1
             m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
@@ -158,6 +153,23 @@ class GlobalBatchNorm(nn.BatchNorm2d):
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)
         return y.to(x.dtype)
+
+
+def global_moments(x: torch.Tensor, reduce: Callable[[torch.Tensor], torch.Tensor]
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-channel mean (C,), biased variance (C,) and count () of x (N, C, ...) over every rank's batch, in two
+    passes: the mean first, then the mean squared deviation from it. `reduce` sums a tensor over ranks (the
+    differentiable all-reduce; identity for one process). The one-pass E[x^2] - E[x]^2 loses every digit of the
+    variance in fp32 once |mean| / std nears 2^12 (issue 17); two passes cost one more all-reduce of C numbers."""
+    dims = [0, *range(2, x.dim())]
+    c = x.shape[1]
+    count = torch.full((1,), x.numel() / max(c, 1), device=x.device, dtype=x.dtype)
+    s = reduce(torch.cat([x.sum(dims), count]))
+    n = s[c]
+    mean = s[:c] / n
+    shape = (1, c) + (1,) * (x.dim() - 2)
+    var = reduce(((x - mean.view(shape)) ** 2).sum(dims)) / n
+    return mean, var, n
 
 
 def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
