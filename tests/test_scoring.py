@@ -43,8 +43,10 @@ def tiny_run(tmp_path_factory):
 
 def test_digits_default_run_flags_noisy_labels(tmp_path):
     """The default configs/digits.yaml run (10 % symmetric noise), its first 30 of 60 epochs (the constant-lr
-    schedule makes them identical to the full run's), scored at the default settings; the full 60-epoch run gives
-    0.978 (RESULTS.md)."""
+    schedule makes them identical to the full run's), scored at the default settings. The figure is bit-exact for
+    one CPU kernel set and thread count only (issue 17): over six settings (1 / 2 threads; AVX-512, AVX2 kernels,
+    MKL_CBWR=AVX2) these 30 epochs gave 0.9826-0.9879 and the full 60-epoch `make demo` 0.9779-0.9821 (RESULTS.md,
+    "Reproducibility"); the band below is that spread with room for another CPU."""
     cfg = load_config(ROOT / "configs/digits.yaml", [f"paths.pretrained={tmp_path}/p", f"paths.scores={tmp_path}/s",
                                                      f"paths.logs={tmp_path}/l", "run=demo", "train.stats=false",
                                                      "train.epochs=30"])
@@ -58,7 +60,7 @@ def test_digits_default_run_flags_noisy_labels(tmp_path):
     np.testing.assert_allclose(z["curvature"], z["per_epoch"].mean(0), rtol=1e-6)
     assert list(z["epochs"]) == list(range(0, 31, cfg["score"]["every"]))
     a = auroc(z["curvature"], z["is_noisy"])
-    assert a >= 0.95, a
+    assert 0.975 <= a <= 0.995, a
 
 
 def test_resume_skips_scored_epochs_and_rejects_other_settings(tiny_run):

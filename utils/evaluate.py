@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import torch
 
 from .distributed import Dist, sharded_map
+from .faults import fault_point
 from .models import forward, per_sample_loss
 
 
@@ -43,6 +44,7 @@ def evaluate(model: torch.nn.Module, dataset, dist: Dist, batch_size: int = 512,
     model.eval()
 
     def fn(idx, x, y):
+        fault_point("stats")
         with fp32(dist.device):
             logits = forward(model, x).float()
         other = logits.scatter(1, y[:, None], float("-inf")).amax(1)

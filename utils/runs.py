@@ -120,9 +120,9 @@ def verify_epoch_files(rdir: Path, epochs: list[int], by: str) -> None:
     bad = [(e, why) for e in epochs if (why := check_checkpoint(checkpoint_path(rdir, e), e))]
     if bad:
         names = ", ".join(f"{checkpoint_path(rdir, e).name} {why}" for e, why in bad)
-        raise UserError(f"run {Path(rdir).name} is damaged: {names} ({by} says they were written); resume.pt holds "
-                        f"only the newest state, so they cannot be rebuilt from it: restore them, or delete {rdir} "
-                        "and run the same command again (training is deterministic: the same files come back)")
+        raise UserError(f"run {Path(rdir).name} cannot be used as it is: {names} ({by} says they were written); "
+                        f"resume.pt holds only the newest state, so they cannot be rebuilt from it: restore them, or "
+                        f"delete {rdir} and train it again (training is deterministic: the same files come back)")
 
 
 # ----------------------------------------------------------------------------- the record
@@ -147,8 +147,17 @@ def write_run_record(rdir: Path, cfg: dict[str, Any], record: dict[str, Any], id
     meta = {k: v for k, v in record.items() if k not in RECORD_KEYS}
     public = {k: v for k, v in cfg.items() if not k.startswith("_")}
     write_text(Path(rdir) / "run.json", json.dumps({"format_version": FORMAT_VERSION, "identity": identity,
-                                                   "config": public, "data": meta}, indent=1) + "\n")
+                                                   "config": public, "data": meta, "platform": platform()},
+                                                  indent=1) + "\n")
     save_npz(Path(rdir) / "record.npz", **{k: np.asarray(record[k]) for k in RECORD_KEYS})
+
+
+def platform() -> dict[str, Any]:
+    """What decides the rounding of a CPU run besides the config: torch version, threads, the ATen kernel set.
+    The same run is bit-identical only where all three agree (README, "Reliability")."""
+    return {"torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
 
 
 def read_run_record(rdir: Path) -> tuple[dict[str, Any], dict[str, Any], str]:
@@ -159,7 +168,7 @@ def read_run_record(rdir: Path) -> tuple[dict[str, Any], dict[str, Any], str]:
             head = json.loads((rdir / "run.json").read_text())
         except json.JSONDecodeError as e:
             raise UserError(f"{rdir / 'run.json'} is corrupt ({e.msg} at line {e.lineno}); retrain the run") from None
-        arrays = load_npz(rdir / "record.npz", "retrain the run")
+        arrays = load_npz(rdir / "record.npz", "retrain the run", require=("index", "given_labels"))
         record = {**head["data"], **{k: torch.from_numpy(arrays[k]) for k in RECORD_KEYS}}
         return head["config"], record, head["identity"]
     ckpts = list_checkpoints(rdir)
@@ -326,7 +335,7 @@ def load_stats(rdir: Path, what: str = "") -> dict[str, np.ndarray]:
     if whole.is_file() or not files:
         fix = (f"it is rebuilt from stats/ by running the training command of run {rdir.name} again" if files
                else what)
-        got = load_npz(whole, fix, keys=None if not files else ("epochs",))
+        got = load_npz(whole, fix, keys=None if not files else ("epochs",), require=("epochs",))
         if not files:
             return got
     return stack_stats(rdir)
@@ -336,7 +345,7 @@ def stack_stats(rdir: Path) -> dict[str, np.ndarray]:
     """`stats/epoch_*.npz` stacked: what `train_stats.npz` holds."""
     rdir = Path(rdir)
     files = _stats_files(rdir)
-    rows = [load_npz(f) for f in files]
+    rows = [load_npz(f, "run the training command again", require=("epoch", *STAT_KEYS)) for f in files]
     out = {"epochs": np.array([int(r["epoch"]) for r in rows], np.int64)}
     for k in STAT_KEYS:
         out[k] = np.stack([r[k] for r in rows])

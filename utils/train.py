@@ -30,7 +30,8 @@ from .device_data import device_loader
 from .distributed import Dist, all_reduce_sum, barrier, broadcast_object, convert_sync_batchnorm, setup
 from .errors import UserError
 from .evaluate import autocast, evaluate
-from .io import load_npz, save_npz
+from .faults import fault_point
+from .io import load_npz, reap_temporaries, save_npz
 from .models import forward, per_sample_loss
 from .runs import (
     checkpoint_path,
@@ -110,6 +111,14 @@ def _decide_start(cfg: dict[str, Any], rdir: Path, ident: str) -> tuple[str, Any
         return "resume", state
     except UserError as e:
         return "error", str(e)
+
+
+def _reap(directory: Path) -> None:
+    """Remove the temporary files a killed job left (see utils.io.reap_temporaries), saying so."""
+    gone = reap_temporaries(directory)
+    if gone:
+        print(f"removed {len(gone)} temporary file(s) left by a killed job in {directory}: "
+              f"{', '.join(p.name for p in gone[:3])}", flush=True)
 
 
 def _note_stale_stats(rdir: Path, stats: bool) -> None:
@@ -207,6 +216,8 @@ def train(cfg: dict[str, Any], callbacks: list[Callback] | tuple = ()) -> Path:
     epochs = math.ceil(t["max_steps"] / steps_per_epoch) if t["max_steps"] else t["epochs"]
     total_steps = t["max_steps"] or epochs * steps_per_epoch
 
+    if dist.is_main:
+        _reap(rdir)
     kind, payload = broadcast_object(_decide_start(cfg, rdir, ident) if dist.is_main else None)
     if kind == "error":
         raise UserError(payload)
@@ -258,6 +269,7 @@ def train(cfg: dict[str, Any], callbacks: list[Callback] | tuple = ()) -> Path:
             optimizer.step()
             state.scheduler.step()
             state.step += 1
+            fault_point("step")
             if (i + 1) % k == 0 or i + 1 == len(sizes) or state.step >= total_steps:  # one host sync every k steps
                 mean = float(running[0] / running[1])
                 if not math.isfinite(mean):

@@ -116,7 +116,8 @@ def find_duplicates(cfg: dict[str, Any]) -> dict[str, Any]:
     """Search a scored run for conflicting near-duplicates; writes analysis/duplicate_pairs.{csv,png} and duplicates.md."""
     run = open_run(cfg)
     a = run.cfg["analysis"]
-    scores = load_npz(run.scores / SCORE_FILE, f"score the run first (score_<dataset>_checkpoint.py run={run.name})")
+    scores = load_npz(run.scores / SCORE_FILE, f"score the run first (score_<dataset>_checkpoint.py run={run.name})",
+                     require=("curvature", "epochs"))
     bundle = run.data
     ds = bundle.train_eval
     idx = scores["index"]

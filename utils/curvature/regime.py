@@ -30,7 +30,8 @@ SERIES = {"curvature": "curvature (running mean)", "cumulative_loss": "cumulativ
 
 def regime_rows(run: Run, cl: bool = True) -> list[dict[str, Any]]:
     """One row per scored epoch: epoch, AUROC of each series (ids of `SERIES`), clean_acc, noisy_acc, test_acc."""
-    sc = load_npz(run.scores / SCORE_FILE, f"score the run first (score_<dataset>_checkpoint.py run={run.name})")
+    sc = load_npz(run.scores / SCORE_FILE, f"score the run first (score_<dataset>_checkpoint.py run={run.name})",
+                     require=("curvature", "epochs"))
     stats = run.stats()
     noisy = sc["is_noisy"].astype(bool)
     per_epoch, epochs = sc["per_epoch"].astype(np.float64), sc["epochs"]

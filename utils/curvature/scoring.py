@@ -26,9 +26,10 @@ from ..callbacks import Callback, TrainState
 from ..device_data import bundle_on_device
 from ..distributed import Dist, barrier, batch_rows, broadcast_object, setup, sharded_map
 from ..errors import UserError
-from ..io import load_npz, save_npz
+from ..faults import fault_point
+from ..io import load_npz, reap_temporaries, save_npz
 from ..metrics import auroc
-from ..runs import open_run, record_to_numpy, score_dir
+from ..runs import open_run, record_to_numpy, score_dir, verify_epoch_files
 from .estimator import METHODS, input_curvature, sample_probes
 
 SPLITS = {"train": ("train",), "test": ("test",), "both": ("train", "test")}
@@ -55,7 +56,7 @@ def check(sc: dict[str, Any]) -> None:
 
 
 def _file_settings(path: Path) -> dict[str, Any]:
-    z = load_npz(path, "delete it and score again", keys=_SETTINGS)  # the settings only, not the (N,) arrays
+    z = load_npz(path, "delete it and score again", keys=_SETTINGS, require=_SETTINGS)  # the settings only, not the (N,) arrays
     return {k: v.item() for k, v in z.items()}
 
 
@@ -85,6 +86,7 @@ def score_model(model: torch.nn.Module, datasets: dict[str, Any], sc: dict[str, 
     out: dict[str, np.ndarray] = {}
     for split, ds in datasets.items():
         def fn(idx: torch.Tensor, x: torch.Tensor, y: torch.Tensor, split: str = split) -> dict[str, torch.Tensor]:
+            fault_point("score")
             probes = sample_probes(idx, tuple(x.shape[1:]), sc["n_probes"], seed=sc["seed"], epoch=epoch,
                                    stream=_STREAM[split], device=x.device, dtype=x.dtype)
             r = input_curvature(model, x, y, method=sc["method"], h=sc["h"], probes=probes, max_rows=sc["max_rows"])
@@ -109,7 +111,7 @@ def aggregate(sdir: Path, epochs: list[int], record_arrays: dict[str, np.ndarray
     """Stack the epoch files of `epochs` into curvature.npz (mean over epochs) and return its arrays."""
     per: dict[str, list[np.ndarray]] = {}
     for e in epochs:
-        z = load_npz(epoch_path(sdir, e), "delete it and score again")
+        z = load_npz(epoch_path(sdir, e), "delete it and score again", require=("curvature", *_SETTINGS))
         for k in ("curvature", "trace", "hv_norm", "test_curvature", "test_trace", "test_hv_norm"):
             if k in z:
                 per.setdefault(k, []).append(z[k])
@@ -146,6 +148,21 @@ def _existing(sdir: Path, sc: dict[str, Any]) -> list[int]:
     return found
 
 
+def _reap(sdir: Path) -> None:
+    gone = reap_temporaries(sdir)
+    if gone:
+        print(f"removed {len(gone)} temporary file(s) left by a killed job in {sdir}", flush=True)
+
+
+def _damaged(run: Any) -> str:
+    """'' when every checkpoint of the run reads as the epoch its name says, else one line naming the bad ones."""
+    try:
+        verify_epoch_files(run.dir, [e for e, _ in run.ckpts], "its list of checkpoints")
+    except UserError as e:
+        return str(e)
+    return ""
+
+
 def score_run(cfg: dict[str, Any]) -> Path:
     """Score the run `cfg['run']` (see the module docstring); returns the path of curvature.npz."""
     sc = cfg["score"]
@@ -153,6 +170,11 @@ def score_run(cfg: dict[str, Any]) -> Path:
     dist = setup()
     run = open_run(cfg)
     sdir = run.scores
+    if dist.is_main:
+        _reap(sdir)
+    bad = broadcast_object(_damaged(run) if dist.is_main else "")  # every checkpoint read before any is scored
+    if bad:
+        raise UserError(bad)
     done = broadcast_object(_existing(sdir, sc) if dist.is_main else None)  # rank 0 decides
     epochs = sorted(set(done) | set(run.epochs))[:: sc["every"]]  # saved or already scored (online), every k-th
     chosen = [(e, p) for e, p in run.ckpts if e in epochs]
@@ -215,6 +237,8 @@ class OnlineScorer(Callback):
             write_epoch(self.sdir, state.epoch, arrays, data.record, self.sc, test_meta(data, self.sc["split"]))
 
     def on_train_start(self, state: TrainState) -> None:
+        if state.dist.is_main:
+            _reap(self.sdir)
         if state.epoch == 0:
             self._score(state)
 
