@@ -87,3 +87,60 @@ def test_scorer_checks_every_checkpoint_before_scoring_any(tiny):
         score_run(cfg)
     assert "\n" not in str(e.value)
     assert not (rdir.parent.parent / "curv_scores" / "tiny" / "epoch_000.npz").exists()  # nothing scored first
+
+
+def test_two_scorers_on_one_run_at_once_both_finish_with_identical_files(tmp_path):
+    base = [f"paths.pretrained={tmp_path}/pre", f"paths.logs={tmp_path}/logs", "run=s"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, str(ROOT / "train_digits.py"), *base, "data.subset=200", "train.epochs=3"],
+                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    score = [sys.executable, str(ROOT / "score_digits_checkpoint.py"), *base]
+    both = [subprocess.Popen([*score, f"paths.scores={tmp_path}/shared"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in both]
+    assert [p.returncode for p in both] == [0, 0], [o[1][-1500:] for o in outs]
+    alone = subprocess.run([*score, f"paths.scores={tmp_path}/alone"], capture_output=True, text=True, env=env,
+                           cwd=tmp_path, timeout=300)
+    assert alone.returncode == 0
+    files = sorted(p.name for p in (tmp_path / "alone/s").glob("*.npz"))
+    assert files == sorted(p.name for p in (tmp_path / "shared/s").glob("*.npz")) and len(files) == 5
+    for f in files:
+        assert (tmp_path / "alone/s" / f).read_bytes() == (tmp_path / "shared/s" / f).read_bytes(), f
+    assert not list((tmp_path / "shared").rglob("*.tmp"))
+
+
+def test_two_torchrun_agents_in_two_copies_train_and_score_what_one_process_does(tmp_path):
+    """--nnodes=2 over loopback, each agent in its own copy of the project; only node 0 holds outputs (rank 0
+    decides and writes, rank 1 reads nothing from its disk)."""
+    import shutil
+    import socket as so
+
+    for node in ("node0", "node1"):
+        shutil.copytree(ROOT, tmp_path / node, ignore=shutil.ignore_patterns(
+            ".git", ".venv", "pretrained", "curv_scores", "logs", "results", "notebooks", "docs", "tests", "*.png"))
+    args = ["data.subset=192", "train.epochs=2", "train.batch_size=32", "run=n", "paths.pretrained=pre",
+            "paths.scores=scores", "paths.logs=logs"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = tmp_path / "one"
+    one.mkdir()
+    for script in ("train_digits.py", "score_digits_checkpoint.py"):
+        res = subprocess.run([sys.executable, str(ROOT / script), *args], capture_output=True, text=True, env=env,
+                             cwd=one, timeout=300)
+        assert res.returncode == 0, res.stderr[-2000:]
+    for script in ("train_digits.py", "score_digits_checkpoint.py"):
+        with so.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        agents = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={r}",
+                                    "--nproc_per_node=1", "--master_addr=127.0.0.1", f"--master_port={port}", script,
+                                    *args], cwd=tmp_path / f"node{r}", env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+        outs = [a.communicate(timeout=300) for a in agents]
+        assert [a.returncode for a in agents] == [0, 0], [o[1][-1500:] for o in outs]
+    assert not (tmp_path / "node1/pre").exists() and not (tmp_path / "node1/scores").exists()
+    wa = torch.load(one / "pre/n/epoch_002.pt", weights_only=True)["model"]
+    wb = torch.load(tmp_path / "node0/pre/n/epoch_002.pt", weights_only=True)["model"]
+    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 3e-7
+    ca, cb = (np.load(d / "scores/n/curvature.npz")["curvature"] for d in (one, tmp_path / "node0"))
+    np.testing.assert_allclose(ca, cb, rtol=1e-4, atol=1e-6)

@@ -7,13 +7,14 @@ OSError(ENOSPC), as a full disk). point: `step` (after an optimizer step), `writ
 after the temporary file is written, before the rename), `stats` (a batch of the per-sample stats pass),
 `score` (a batch of the scorer). n: the fault fires the n-th time the point is reached (1 = the first).
 rank: only on this torchrun rank (default: every rank). With $TOOLKIT_FAULT_ONCE=<path> the fault fires only
-while that file does not exist (it is created first), so a restarted job runs clean."""
+while that file does not exist (it is created first, holding the time it fired), so a restarted job runs clean."""
 
 from __future__ import annotations
 
 import errno
 import os
 import signal
+import time
 from pathlib import Path
 
 POINTS = ("step", "write", "stats", "score")
@@ -47,7 +48,7 @@ def fault_point(point: str, path: str | os.PathLike = "") -> None:
     if once:
         if Path(once).exists():
             return
-        Path(once).touch()
+        Path(once).write_text(f"{time.time():.3f}\n")  # when it fired: the suite times what follows
     if action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
