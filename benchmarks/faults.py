@@ -250,7 +250,9 @@ def cifar_case(tmp: Path) -> Case:
                  "train.lr=0.05", "train.milestones=[]", "noise.kind=symmetric", "noise.rate=0.1"])
 
 
-def suite(case: Case, rng: random.Random, steps_per_epoch: int, epochs: int, do: set[str]) -> None:
+def suite(case: Case, rng: random.Random, steps_per_epoch: int, epochs: int, score_batches: int,
+          do: set[str]) -> None:
+    """The kill, full-disk and format faults on one case (`score_batches`: scorer batches per checkpoint)."""
     case.run("train", "ref").check_returncode()
     case.run("score", "ref").check_returncode()
     ref = case.files("ref")
@@ -261,7 +263,8 @@ def suite(case: Case, rng: random.Random, steps_per_epoch: int, epochs: int, do:
         w = 4 + writes_per_epoch * rng.randint(0, epochs - 2) + rng.choice([1, 2])  # record + epoch 0, then an epoch
         kill_and_rerun(case, ref, "inside a checkpoint write", "train", f"kill:write:{w}")
         kill_and_rerun(case, ref, "during the stats pass", "train", f"kill:stats:{rng.randint(2, 2 * epochs)}")
-        kill_and_rerun(case, ref, "scoring mid-epoch file", "score", f"kill:score:{rng.randint(2, 2 * epochs)}")
+        n = rng.randint(2, score_batches * (epochs + 1))
+        kill_and_rerun(case, ref, "scoring mid-epoch file", "score", f"kill:score:{n}")
         kill_and_rerun(case, ref, "scoring inside curvature.npz", "score", f"kill:write:{epochs + 2}")
     if "disk" in do:
         full_disk(case, ref, "training", "train", f"enospc:write:{4 + writes_per_epoch * rng.randint(0, epochs - 2) + 2}")
@@ -283,7 +286,7 @@ def main() -> None:
         if args.only in (None, "digits", "format"):
             d = digits_case(work / "digits")
             d.tmp.mkdir(parents=True, exist_ok=True)
-            suite(d, rng, steps_per_epoch=10, epochs=4, do={"format"} if args.only == "format" else
+            suite(d, rng, steps_per_epoch=10, epochs=4, score_batches=2, do={"format"} if args.only == "format" else
                   {"kill", "disk", "format"})
         if args.only in (None, "ddp"):
             c = cifar_case(work / "cifar")
@@ -291,7 +294,7 @@ def main() -> None:
             ranks(c, c.files("ref2"), rng)
         if args.only in (None, "cifar"):
             c = cifar_case(work / "cifar")
-            suite(c, rng, steps_per_epoch=5, epochs=3, do={"kill", "disk"})
+            suite(c, rng, steps_per_epoch=5, epochs=3, score_batches=1, do={"kill", "disk"})
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -144,3 +144,4 @@ def test_two_torchrun_agents_in_two_copies_train_and_score_what_one_process_does
     assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 3e-7
     ca, cb = (np.load(d / "scores/n/curvature.npz")["curvature"] for d in (one, tmp_path / "node0"))
     np.testing.assert_allclose(ca, cb, rtol=1e-4, atol=1e-6)
+

@@ -34,10 +34,26 @@ def setup() -> Dist:
         if cuda:
             torch.cuda.set_device(local)
         if not dist.is_initialized():
-            dist.init_process_group("nccl" if cuda else "gloo")
+            _init_process_group("nccl" if cuda else "gloo")
         device = torch.device("cuda", local) if cuda else torch.device("cpu")
         return Dist(dist.get_rank(), dist.get_world_size(), local, device)
     return Dist(0, 1, 0, torch.device("cuda" if cuda else "cpu"))
+
+
+def _init_process_group(backend: str) -> None:
+    """`init_process_group` from torchrun's environment. A worker restarted by `torchrun --max-restarts` joins
+    under a key prefix of its attempt: the agent's store can still hold the previous attempt's addresses, and a
+    rank that reads its dead peer's address fails to connect ("Connection refused": 8 of 12 restarts failed
+    on gloo before this, 0 of 6 after; RESULTS.md, "Faults survived")."""
+    attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    if attempt == 0:
+        dist.init_process_group(backend)
+        return
+    from torch.distributed.rendezvous import rendezvous
+
+    store, rank, world = next(rendezvous("env://"))
+    dist.init_process_group(backend, store=dist.PrefixStore(f"toolkit/attempt_{attempt}", store), rank=rank,
+                            world_size=world)
 
 
 def teardown() -> None:

@@ -44,7 +44,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_OWNER}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_owner()}.", suffix=".tmp")
     except OSError as e:
         raise _write_error(path, e) from None
     os.close(fd)
@@ -62,14 +62,16 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     return path
 
 
-_OWNER = f"{socket.gethostname().replace('.', '-')}-{os.getpid()}"  # in every temporary name: who is writing it
+def _owner() -> str:
+    """<host>-<pid>, in every temporary name: who is writing it (so a later start knows whether it still runs)."""
+    return f"{socket.gethostname().replace('.', '-')}-{os.getpid()}"
 
 
 def reap_temporaries(directory: str | os.PathLike) -> list[Path]:
     """Remove the temporary files under `directory` that a killed writer left behind: those named by
     `atomic_write` for a process of this host that no longer runs. A live writer's file (another scorer of
     the same run) and other hosts' files are left alone. Returns the paths removed."""
-    host = socket.gethostname().replace(".", "-")
+    host = _owner().rpartition("-")[0]
     gone = []
     for p in Path(directory).rglob(".*.tmp") if Path(directory).is_dir() else []:
         owner = p.name[:-len(".tmp")].split(".")[-2] if p.name.count(".") >= 4 else ""
