@@ -53,23 +53,30 @@ def main() -> None:
             for r in read_table(Path(a.points)) if r["score"] in SCORES]
     for name in a.runs:
         rows += run_rows(name, [f"paths.pretrained={a.pretrained}", f"paths.scores={a.scores}"])
-    fig, axes = plt().subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    fig, axes = plt().subplots(1, 3, figsize=(16, 4.4))
     colours = {"cifar10_dev": "tab:red", "mnist": "tab:blue", "digits": "tab:gray"}
-    for ax, (score, title) in zip(axes, SCORES.items()):
-        for r in (r for r in rows if r["score"] == score):
+    by = {(r["run"], r["score"]): r for r in rows}
+    gaps = [{**r, "auroc": by[(r["run"], "cumulative_loss")]["auroc"] - r["auroc"]} for r in rows
+            if r["score"] == "curvature" and (r["run"], "cumulative_loss") in by]
+    panels = [(f"mislabel AUROC of {t}", [r for r in rows if r["score"] == s]) for s, t in SCORES.items()]
+    panels.append(("gap: cumulative loss minus curvature (AUROC)", gaps))
+    for ax, (title, pts) in zip(axes, panels):
+        for r in pts:
             c = colours.get(r["dataset"], "tab:gray")
             inside = r["noisy_acc"] >= REGIME
             ax.scatter(r["test_acc"] * 100, r["auroc"], s=60, color=c if inside else "white", edgecolor=c, lw=1.5,
                        zorder=3)
             ax.annotate(r["run"].split(":")[0] if r["dataset"] != "mnist" else r["run"],
                         (r["test_acc"] * 100, r["auroc"]), textcoords="offset points", xytext=(5, 4), fontsize=7)
-        ax.set_title(f"mislabel AUROC of {title}")
+        ax.set_title(title, fontsize=10)
         ax.set_xlabel("test accuracy at the end of training (%)")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("AUROC")
-    for d, c in colours.items():
-        axes[1].scatter([], [], color=c, label=f"{d} (filled: >= {REGIME:.0%} of noisy labels memorized)")
-    axes[1].legend(fontsize=7, loc="lower right")
+    axes[1].sharey(axes[0])
+    for d in sorted({r["dataset"] for r in rows}):
+        axes[2].scatter([], [], color=colours.get(d, "tab:gray"), label=d)
+    axes[2].scatter([], [], color="white", edgecolor="k", label=f"hollow: < {REGIME:.0%} of noisy labels memorized")
+    axes[2].legend(fontsize=7, loc="lower left")
     fig.suptitle("Does curvature catch up with the loss baseline where the network generalizes and memorizes?",
                  fontsize=10)
     paths = write_table(Path(a.out), rows) + [save_figure(fig, Path(a.out).with_suffix(".png"))]
