@@ -62,7 +62,7 @@ def test_reap_temporaries_spares_live_writers_and_other_hosts(tmp_path):
              "other": f".x.npz.otherhost-{dead.pid}.q2.tmp", "plain": "notes.tmp"}
     for n in names.values():
         (tmp_path / n).write_text("x")
-    gone = reap_temporaries(tmp_path)
+    gone = reap_temporaries(tmp_path, announce=False)
     assert [p.name for p in gone] == [names["dead"]]
     assert all((tmp_path / names[k]).exists() for k in ("live", "other", "plain"))
 

@@ -67,10 +67,10 @@ def _owner() -> str:
     return f"{socket.gethostname().replace('.', '-')}-{os.getpid()}"
 
 
-def reap_temporaries(directory: str | os.PathLike) -> list[Path]:
+def reap_temporaries(directory: str | os.PathLike, announce: bool = True) -> list[Path]:
     """Remove the temporary files under `directory` that a killed writer left behind: those named by
     `atomic_write` for a process of this host that no longer runs. A live writer's file (another scorer of
-    the same run) and other hosts' files are left alone. Returns the paths removed."""
+    the same run) and other hosts' files are left alone. Says what it removed (`announce`); returns the paths."""
     host = _owner().rpartition("-")[0]
     gone = []
     for p in Path(directory).rglob(".*.tmp") if Path(directory).is_dir() else []:
@@ -87,6 +87,9 @@ def reap_temporaries(directory: str | os.PathLike) -> list[Path]:
             continue
         p.unlink(missing_ok=True)
         gone.append(p)
+    if gone and announce:
+        print(f"removed {len(gone)} temporary file(s) left by a killed job in {directory}: "
+              f"{', '.join(p.name for p in gone[:3])}", flush=True)
     return gone
 
 

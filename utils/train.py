@@ -113,14 +113,6 @@ def _decide_start(cfg: dict[str, Any], rdir: Path, ident: str) -> tuple[str, Any
         return "error", str(e)
 
 
-def _reap(directory: Path) -> None:
-    """Remove the temporary files a killed job left (see utils.io.reap_temporaries), saying so."""
-    gone = reap_temporaries(directory)
-    if gone:
-        print(f"removed {len(gone)} temporary file(s) left by a killed job in {directory}: "
-              f"{', '.join(p.name for p in gone[:3])}", flush=True)
-
-
 def _note_stale_stats(rdir: Path, stats: bool) -> None:
     """Say so when a resumed run's train_stats.npz is unreadable: the end of this run rebuilds it from stats/."""
     whole = rdir / "train_stats.npz"
@@ -217,7 +209,7 @@ def train(cfg: dict[str, Any], callbacks: list[Callback] | tuple = ()) -> Path:
     total_steps = t["max_steps"] or epochs * steps_per_epoch
 
     if dist.is_main:
-        _reap(rdir)
+        reap_temporaries(rdir)
     kind, payload = broadcast_object(_decide_start(cfg, rdir, ident) if dist.is_main else None)
     if kind == "error":
         raise UserError(payload)

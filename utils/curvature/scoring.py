@@ -56,7 +56,7 @@ def check(sc: dict[str, Any]) -> None:
 
 
 def _file_settings(path: Path) -> dict[str, Any]:
-    z = load_npz(path, "delete it and score again", keys=_SETTINGS, require=_SETTINGS)  # the settings only, not the (N,) arrays
+    z = load_npz(path, "delete it and score again", keys=_SETTINGS, require=_SETTINGS)  # not the (N,) arrays
     return {k: v.item() for k, v in z.items()}
 
 
@@ -148,12 +148,6 @@ def _existing(sdir: Path, sc: dict[str, Any]) -> list[int]:
     return found
 
 
-def _reap(sdir: Path) -> None:
-    gone = reap_temporaries(sdir)
-    if gone:
-        print(f"removed {len(gone)} temporary file(s) left by a killed job in {sdir}", flush=True)
-
-
 def _damaged(run: Any) -> str:
     """'' when every checkpoint of the run reads as the epoch its name says, else one line naming the bad ones."""
     try:
@@ -171,7 +165,7 @@ def score_run(cfg: dict[str, Any]) -> Path:
     run = open_run(cfg)
     sdir = run.scores
     if dist.is_main:
-        _reap(sdir)
+        reap_temporaries(sdir)
     bad = broadcast_object(_damaged(run) if dist.is_main else "")  # every checkpoint read before any is scored
     if bad:
         raise UserError(bad)
@@ -238,7 +232,7 @@ class OnlineScorer(Callback):
 
     def on_train_start(self, state: TrainState) -> None:
         if state.dist.is_main:
-            _reap(self.sdir)
+            reap_temporaries(self.sdir)
         if state.epoch == 0:
             self._score(state)
 
