@@ -256,6 +256,11 @@ class Run:
                                else None)
         return _raise_or(got)
 
+    def verify_checkpoints(self) -> None:
+        """Every listed epoch file present, readable and of its epoch (rank 0 reads; every rank raises alike)."""
+        _raise_or(broadcast_object(_try(verify_epoch_files, self.dir, self.epochs, "its list of checkpoints")
+                                   if self.dist.is_main else None))
+
     def load_model(self, epoch: int = -1, device: torch.device | str = "cpu") -> nn.Module:
         """The model of a saved epoch, weights loaded, in eval mode, on `device`."""
         model = model_for(self.cfg, self.record)

@@ -107,8 +107,9 @@ def _decide_start(cfg: dict[str, Any], rdir: Path, ident: str) -> tuple[str, Any
             return "error", f"{path} holds no optimizer state, so {rdir} cannot be resumed; train a new run=<name>"
         done = int(state["epoch"])  # what resume.pt says was written (older runs: the files present, epoch 0)
         saved = state.get("saved_epochs") or sorted({0} | {e for e, _ in list_checkpoints(rdir) if e <= done})
-        verify_epoch_files(rdir, [e for e in saved if e <= done], f"{path.name} at epoch {done}")
-        return "resume", state
+        saved = [e for e in saved if e <= done]
+        verify_epoch_files(rdir, saved, f"{path.name} at epoch {done}")
+        return "resume", {**state, "saved_epochs": saved}
     except UserError as e:
         return "error", str(e)
 
@@ -215,7 +216,7 @@ def train(cfg: dict[str, Any], callbacks: list[Callback] | tuple = ()) -> Path:
         raise UserError(payload)
     saved: list[int] = []  # epochs whose epoch_XXX.pt exists (rank 0 keeps it; resume.pt records it)
     if kind == "resume":
-        saved = [e for e, _ in list_checkpoints(rdir) if e <= int(payload["epoch"])] if dist.is_main else []
+        saved = list(payload["saved_epochs"])  # as verified by _decide_start
         model.load_state_dict(payload["model"])
         optimizer.load_state_dict(payload["optimizer"])
         state.scheduler.load_state_dict(payload["scheduler"])

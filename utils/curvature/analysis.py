@@ -235,11 +235,16 @@ def all_scores(run: Run, scores: dict[str, np.ndarray], stats: dict[str, np.ndar
     return out, {**cl, "source": source}
 
 
+def load_scores(run: Run) -> dict[str, np.ndarray]:
+    """The run's curvature.npz (one-line errors: not scored yet, corrupt, another format or project)."""
+    return load_npz(run.scores / SCORE_FILE, f"score the run first (score_<dataset>_checkpoint.py run={run.name})",
+                    require=("curvature", "epochs"))
+
+
 def analyze(cfg: dict[str, Any], progress: bool = True, figures: bool = True) -> dict[str, Any]:
     """Write curv_scores/<run>/analysis/ (tables + figures); returns rows, markdown, paths and arrays."""
     run = open_run(cfg)
-    scores = load_npz(run.scores / SCORE_FILE, f"score the run first (score_<dataset>_checkpoint.py run={run.name})",
-                     require=("curvature", "epochs"))
+    scores = load_scores(run)
     stats = run.stats()
     cols = stats_columns(stats, scores["index"])
     if not np.array_equal(stats["given_label"][cols], scores["given_label"]):

@@ -17,10 +17,10 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..io import load_npz, write_table, write_text
+from ..io import write_table, write_text
 from ..runs import Run, open_run
 from . import plots
-from .analysis import SCORE_FILE, raw_images
+from .analysis import load_scores, raw_images
 from .ensemble import default_device
 
 PAIR_KEYS = ("i", "j", "given_i", "given_j", "pixel_rms", "feature_cos", "found_by")
@@ -116,8 +116,7 @@ def find_duplicates(cfg: dict[str, Any]) -> dict[str, Any]:
     """Search a scored run for conflicting near-duplicates; writes analysis/duplicate_pairs.{csv,png} and duplicates.md."""
     run = open_run(cfg)
     a = run.cfg["analysis"]
-    scores = load_npz(run.scores / SCORE_FILE, f"score the run first (score_<dataset>_checkpoint.py run={run.name})",
-                     require=("curvature", "epochs"))
+    scores = load_scores(run)
     bundle = run.data
     ds = bundle.train_eval
     idx = scores["index"]

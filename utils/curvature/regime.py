@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from ..io import load_npz, read_table, save_figure, write_table
+from ..io import read_table, save_figure, write_table
 from ..metrics import auroc
 from ..runs import Run, open_run
 from . import plots
-from .analysis import SCORE_FILE, checkpoint_probabilities, confident_learning
+from .analysis import SCORE_FILE, checkpoint_probabilities, confident_learning, load_scores
 
 SERIES = {"curvature": "curvature (running mean)", "cumulative_loss": "cumulative sample loss",
           "confident_learning": "Confident Learning (probabilities of epoch e)"}
@@ -30,8 +30,7 @@ SERIES = {"curvature": "curvature (running mean)", "cumulative_loss": "cumulativ
 
 def regime_rows(run: Run, cl: bool = True) -> list[dict[str, Any]]:
     """One row per scored epoch: epoch, AUROC of each series (ids of `SERIES`), clean_acc, noisy_acc, test_acc."""
-    sc = load_npz(run.scores / SCORE_FILE, f"score the run first (score_<dataset>_checkpoint.py run={run.name})",
-                     require=("curvature", "epochs"))
+    sc = load_scores(run)
     stats = run.stats()
     noisy = sc["is_noisy"].astype(bool)
     per_epoch, epochs = sc["per_epoch"].astype(np.float64), sc["epochs"]

@@ -29,7 +29,7 @@ from ..errors import UserError
 from ..faults import fault_point
 from ..io import load_npz, reap_temporaries, save_npz
 from ..metrics import auroc
-from ..runs import open_run, record_to_numpy, score_dir, verify_epoch_files
+from ..runs import open_run, record_to_numpy, score_dir
 from .estimator import METHODS, input_curvature, sample_probes
 
 SPLITS = {"train": ("train",), "test": ("test",), "both": ("train", "test")}
@@ -148,15 +148,6 @@ def _existing(sdir: Path, sc: dict[str, Any]) -> list[int]:
     return found
 
 
-def _damaged(run: Any) -> str:
-    """'' when every checkpoint of the run reads as the epoch its name says, else one line naming the bad ones."""
-    try:
-        verify_epoch_files(run.dir, [e for e, _ in run.ckpts], "its list of checkpoints")
-    except UserError as e:
-        return str(e)
-    return ""
-
-
 def score_run(cfg: dict[str, Any]) -> Path:
     """Score the run `cfg['run']` (see the module docstring); returns the path of curvature.npz."""
     sc = cfg["score"]
@@ -166,9 +157,7 @@ def score_run(cfg: dict[str, Any]) -> Path:
     sdir = run.scores
     if dist.is_main:
         reap_temporaries(sdir)
-    bad = broadcast_object(_damaged(run) if dist.is_main else "")  # every checkpoint read before any is scored
-    if bad:
-        raise UserError(bad)
+    run.verify_checkpoints()  # every checkpoint read before any is scored
     done = broadcast_object(_existing(sdir, sc) if dist.is_main else None)  # rank 0 decides
     epochs = sorted(set(done) | set(run.epochs))[:: sc["every"]]  # saved or already scored (online), every k-th
     chosen = [(e, p) for e, p in run.ckpts if e in epochs]
