@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Subset
+from tqdm import tqdm
 
 from ..evaluate import predict
 from ..io import save_npz, write_table
@@ -88,7 +89,8 @@ def neuron_flipping(run: Run, n_clean: int, n_noisy: int, max_units: int, batch:
     base = float((predict(model, test, run.dist, bs) == ty).float().mean())
     flipped, n_units, test_acc, u_ex, u_group, u_id = [], [], [], [], [], []
     offsets = np.cumsum([0] + [g.n_units for g in groups])
-    for pos, i in enumerate(targets):
+    bar = tqdm(targets, desc=f"flipping {run.name}", disable=not run.dist.is_main, leave=False)
+    for pos, i in enumerate(bar):
         with UnitMasks(model, groups) as masks:
             _, x, y = ds[int(i)]
             ok_flip, zeroed = flip_example(model, masks, x[None].to(dev), int(y), ref, max_units, refresh)
