@@ -7,6 +7,12 @@ For every run: its `curv_scores/<run>/analysis/auroc.csv` (written by analyze_cu
 is the stable identifier: `curvature` is the default curvature score, `confident_learning` Confident Learning;
 `noise_kind` is `duplicates` for a run with injected duplicates and no other noise, where `target` is `duplicate`
 or `duplicate_pair`), and its figures are copied to results/<run>_<figure>.png.
+
+`--variant NAME=DIR` (repeatable) adds the curvature rows of a second scoring of the same runs, e.g. the `exact`
+estimator scored into another directory (`score_<dataset>_checkpoint.py run=R score.method=exact
+paths.scores=curv_scores/exact`, then `analyze_curvature.py run=R paths.scores=curv_scores/exact`): its
+`curvature*` rows enter as `curvature_<NAME>*` (`curvature` -> `curvature_exact`, `curvature_official` ->
+`curvature_exact_official`), for the runs that DIR holds.
 """
 
 from __future__ import annotations
@@ -25,16 +31,18 @@ FIGURES = ("roc", "roc_duplicates", "auroc_vs_epoch", "curvature_epochs", "curva
            "duplicate_pairs")
 
 
-def rows_of(scores: Path, run: str) -> list[dict]:
+def rows_of(scores: Path, run: str, variant: str = "") -> list[dict]:
+    """The run's score rows; with `variant`, only its curvature rows, renamed curvature_<variant>*."""
     sc = load_npz(scores / run / "curvature.npz", f"score {run} first")
     dup_only = bool(sc["is_duplicate"].any()) and str(sc["noise_kind"]) == "none"
     kind = "duplicates" if dup_only else str(sc["noise_kind"])
     out = []
     for r in read_table(scores / run / "analysis" / "auroc.csv"):
-        if r["group"] != "score":
+        if r["group"] != "score" or (variant and not r["score"].startswith("curvature")):
             continue
+        score = r["score"].replace("curvature", f"curvature_{variant}", 1) if variant else r["score"]
         out.append({"run": run, "noise_kind": kind, "noise_rate": float(sc["noise_rate"]),
-                    "noise_seed": int(sc["noise_seed"]), "score": r["score"], "auroc": float(r["auroc"]),
+                    "noise_seed": int(sc["noise_seed"]), "score": score, "auroc": float(r["auroc"]),
                     "auprc": float(r["auprc"]), "target": r["target"]})
     return out
 
@@ -44,10 +52,16 @@ def main() -> None:
     ap.add_argument("runs", nargs="+")
     ap.add_argument("--out", required=True)
     ap.add_argument("--scores", default=str(ROOT / "curv_scores"))
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=DIR")
     a = ap.parse_args()
+    if any("=" not in v for v in a.variant):
+        sys.exit("error: --variant takes NAME=DIR, e.g. --variant exact=curv_scores/exact")
+    variants = [tuple(v.split("=", 1)) for v in a.variant]
     scores, rows, copied = Path(a.scores), [], []
     for run in a.runs:
         rows += rows_of(scores, run)
+        rows += [r for name, d in variants if (Path(d) / run / "curvature.npz").is_file()
+                 for r in rows_of(Path(d), run, name)]
         for f in FIGURES:
             src = scores / run / "analysis" / f"{f}.png"
             if src.is_file():
