@@ -25,6 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from utils.errors import UserError  # noqa: E402
 from utils.io import load_npz, read_table, write_table  # noqa: E402
 
 FIGURES = ("roc", "roc_duplicates", "auroc_vs_epoch", "curvature_epochs", "curvature_hist", "topk_curvature", "regime",
@@ -36,8 +37,11 @@ def rows_of(scores: Path, run: str, variant: str = "") -> list[dict]:
     sc = load_npz(scores / run / "curvature.npz", f"score {run} first")
     dup_only = bool(sc["is_duplicate"].any()) and str(sc["noise_kind"]) == "none"
     kind = "duplicates" if dup_only else str(sc["noise_kind"])
+    table = scores / run / "analysis" / "auroc.csv"
+    if not table.is_file():
+        raise UserError(f"{table} is missing: run `python analyze_curvature.py run={run} paths.scores={scores}` first")
     out = []
-    for r in read_table(scores / run / "analysis" / "auroc.csv"):
+    for r in read_table(table):
         if r["group"] != "score" or (variant and not r["score"].startswith("curvature")):
             continue
         score = r["score"].replace("curvature", f"curvature_{variant}", 1) if variant else r["score"]
@@ -45,6 +49,12 @@ def rows_of(scores: Path, run: str, variant: str = "") -> list[dict]:
                     "noise_seed": int(sc["noise_seed"]), "score": score, "auroc": float(r["auroc"]),
                     "auprc": float(r["auprc"]), "target": r["target"]})
     return out
+
+
+def fail(msg: str) -> None:
+    """One `error:` line on stderr, exit status 2 (the house rule for every script)."""
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(2)
 
 
 def main() -> None:
@@ -55,13 +65,16 @@ def main() -> None:
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=DIR")
     a = ap.parse_args()
     if any("=" not in v for v in a.variant):
-        sys.exit("error: --variant takes NAME=DIR, e.g. --variant exact=curv_scores/exact")
+        fail("--variant takes NAME=DIR, e.g. --variant exact=curv_scores/exact")
     variants = [tuple(v.split("=", 1)) for v in a.variant]
     scores, rows, copied = Path(a.scores), [], []
     for run in a.runs:
-        rows += rows_of(scores, run)
-        rows += [r for name, d in variants if (Path(d) / run / "curvature.npz").is_file()
-                 for r in rows_of(Path(d), run, name)]
+        try:
+            rows += rows_of(scores, run)
+            rows += [r for name, d in variants if (Path(d) / run / "curvature.npz").is_file()
+                     for r in rows_of(Path(d), run, name)]
+        except UserError as e:
+            fail(str(e))
         for f in FIGURES:
             src = scores / run / "analysis" / f"{f}.png"
             if src.is_file():

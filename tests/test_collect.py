@@ -32,3 +32,13 @@ def test_collect_adds_the_variants_curvature_rows(tmp_path: Path) -> None:
     assert got == {("r", "curvature"): 0.9, ("r", "curvature_official"): 0.8, ("r", "loss_final"): 0.7,
                    ("r", "curvature_exact"): 0.95, ("r", "curvature_exact_official"): 0.85, ("other", "curvature"): 0.6}
     assert {r["noise_seed"] for r in read_table(out)} == {3}
+
+
+def test_collect_names_the_missing_analysis_in_one_line(tmp_path: Path) -> None:
+    save_npz(tmp_path / "r" / "curvature.npz", is_duplicate=np.zeros(4, bool), noise_kind=np.array("symmetric"),
+             noise_rate=np.array(0.1), noise_seed=np.array(3))
+    p = subprocess.run([sys.executable, str(ROOT / "results" / "collect.py"), "--out", str(tmp_path / "t.csv"), "r",
+                        "--scores", str(tmp_path)], capture_output=True, text=True, cwd=tmp_path)
+    assert p.returncode == 2 and p.stderr.strip().count("\n") == 0
+    assert p.stderr.startswith("error:") and "analyze_curvature.py run=r" in p.stderr
+    assert not (tmp_path / "t.csv").exists()
