@@ -25,6 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from utils.cli import report_error  # noqa: E402
 from utils.errors import UserError  # noqa: E402
 from utils.io import load_npz, read_table, write_table  # noqa: E402
 
@@ -52,8 +53,7 @@ def rows_of(scores: Path, run: str, variant: str = "") -> list[dict]:
 
 
 def fail(msg: str) -> None:
-    """One `error:` line on stderr, exit status 2 (the house rule for every script)."""
-    print(f"error: {msg}", file=sys.stderr)
+    report_error(msg)
     sys.exit(2)
 
 

@@ -23,6 +23,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from utils.cli import report_error  # noqa: E402
 from utils.config import load_config  # noqa: E402
 from utils.curvature.analysis import baseline_scores, load_scores, stats_columns  # noqa: E402
 from utils.errors import UserError  # noqa: E402
@@ -77,7 +78,8 @@ def main() -> None:
         rows = [r for name in a.runs
                 for r in run_rows(name, epochs, [f"paths.pretrained={a.pretrained}", f"paths.scores={a.scores}"])]
     except UserError as e:
-        sys.exit(f"error: {e}")
+        report_error(str(e))
+        sys.exit(2)
     paths = write_table(Path(a.out), rows)
     for r in rows:
         if r["score"] == "curvature" or r["target"] != "duplicate_all":

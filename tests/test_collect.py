@@ -11,9 +11,13 @@ from utils.io import read_table, save_npz, write_table
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _analysed(scores: Path, run: str, rows: list[tuple[str, float]]) -> None:
+def _scored(scores: Path, run: str) -> None:
     save_npz(scores / run / "curvature.npz", is_duplicate=np.zeros(4, bool), noise_kind=np.array("symmetric"),
              noise_rate=np.array(0.1), noise_seed=np.array(3))
+
+
+def _analysed(scores: Path, run: str, rows: list[tuple[str, float]]) -> None:
+    _scored(scores, run)
     (scores / run / "analysis").mkdir(parents=True)
     write_table(scores / run / "analysis" / "auroc", [
         {"group": g, "score": s, "auroc": a, "auprc": a / 2, "target": "mislabeled"}
@@ -35,8 +39,7 @@ def test_collect_adds_the_variants_curvature_rows(tmp_path: Path) -> None:
 
 
 def test_collect_names_the_missing_analysis_in_one_line(tmp_path: Path) -> None:
-    save_npz(tmp_path / "r" / "curvature.npz", is_duplicate=np.zeros(4, bool), noise_kind=np.array("symmetric"),
-             noise_rate=np.array(0.1), noise_seed=np.array(3))
+    _scored(tmp_path, "r")
     p = subprocess.run([sys.executable, str(ROOT / "results" / "collect.py"), "--out", str(tmp_path / "t.csv"), "r",
                         "--scores", str(tmp_path)], capture_output=True, text=True, cwd=tmp_path)
     assert p.returncode == 2 and p.stderr.strip().count("\n") == 0

@@ -22,14 +22,19 @@ def close_bars() -> None:
         bar.close()
 
 
+def report_error(msg: str) -> None:
+    """Print `error: msg` on stderr as the last line the user sees (every open progress bar closed first)."""
+    close_bars()
+    sys.stdout.flush()
+    print(f"error: {msg}", file=sys.stderr, flush=True)
+
+
 def run_script(main: Callable[[dict[str, Any]], Any], default_config: str, description: str = "") -> None:
     try:
         cfg = parse_args(default_config, description=description)
         main(cfg)
     except UserError as e:
-        close_bars()
-        sys.stdout.flush()
-        print(f"error: {e}", file=sys.stderr, flush=True)
+        report_error(str(e))
         teardown()
         sys.exit(2)
     teardown()
