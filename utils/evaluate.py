@@ -36,7 +36,9 @@ def fp32(device: torch.device | None = None) -> Iterator[None]:
 def evaluate(model: torch.nn.Module, dataset, dist: Dist, batch_size: int = 512, keep_logits: bool = False,
              desc: str = "eval", progress: bool = False, num_workers: int = 0) -> dict[str, torch.Tensor]:
     """Per-sample `loss`, `correct` (w.r.t. the dataset's given label), `margin` (given-label logit
-    minus the largest other logit) and optionally `logits`, all (N, ...) in index order.
+    minus the largest other logit), `other` (that other class) and `other_prob` (its softmax probability) and
+    optionally `logits`, all (N, ...) in index order. The predicted class is the given label where `correct`,
+    else `other`; `other` is also the class a confusable sample is confused with.
 
     Always fp32 without TF32 (never under bf16 autocast): per-sample losses and margins are what the
     baselines rank by, and bf16 logits quantize them and flip ties."""
@@ -47,9 +49,10 @@ def evaluate(model: torch.nn.Module, dataset, dist: Dist, batch_size: int = 512,
         fault_point("stats")
         with fp32(dist.device):
             logits = forward(model, x).float()
-        other = logits.scatter(1, y[:, None], float("-inf")).amax(1)
+        other, oth = logits.scatter(1, y[:, None], float("-inf")).max(1)
         given = logits.gather(1, y[:, None]).squeeze(1)
-        out = {"loss": per_sample_loss(logits, y), "correct": logits.argmax(1) == y, "margin": given - other}
+        out = {"loss": per_sample_loss(logits, y), "correct": logits.argmax(1) == y, "margin": given - other,
+               "other": oth, "other_prob": torch.softmax(logits, 1).gather(1, oth[:, None]).squeeze(1)}
         if keep_logits:
             out["logits"] = logits
         return out

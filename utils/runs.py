@@ -320,6 +320,8 @@ def open_run(cfg: dict[str, Any]) -> Run:
 
 # ----------------------------------------------------------------------------- training statistics
 STAT_KEYS = ("loss", "correct", "margin")
+# the most probable class other than the given label (int32) and its probability: in runs trained since 2026-12
+OPTIONAL_STAT_KEYS = ("other", "other_prob")
 
 
 def stats_path(rdir: Path, epoch: int) -> Path:
@@ -352,7 +354,7 @@ def stack_stats(rdir: Path) -> dict[str, np.ndarray]:
     files = _stats_files(rdir)
     rows = [load_npz(f, "run the training command again", require=("epoch", *STAT_KEYS)) for f in files]
     out = {"epochs": np.array([int(r["epoch"]) for r in rows], np.int64)}
-    for k in STAT_KEYS:
+    for k in STAT_KEYS + tuple(k for k in OPTIONAL_STAT_KEYS if all(k in r for r in rows)):
         out[k] = np.stack([r[k] for r in rows])
     out["test_loss"] = np.array([float(r["test_loss"]) for r in rows], np.float32)
     out["test_acc"] = np.array([float(r["test_acc"]) for r in rows], np.float32)

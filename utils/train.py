@@ -148,6 +148,7 @@ def _save(state: TrainState, rdir: Path, ident: str, metrics: dict[str, Any], ke
 def _write_stats(rdir: Path, epoch: int, stats: dict[str, torch.Tensor], metrics: dict[str, Any]) -> None:
     save_npz(stats_path(rdir, epoch), epoch=np.int64(epoch), loss=stats["loss"].numpy().astype(np.float32),
              correct=stats["correct"].numpy().astype(bool), margin=stats["margin"].numpy().astype(np.float32),
+             other=stats["other"].numpy().astype(np.int32), other_prob=stats["other_prob"].numpy().astype(np.float32),
              test_loss=np.float32(metrics["test_loss"]), test_acc=np.float32(metrics["test_acc"]))
 
 
