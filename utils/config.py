@@ -127,6 +127,19 @@ DEFAULTS: dict[str, Any] = {
         "retrain_examples": 0,  # >0: retrain on the first k clean training examples only
         "seed": 0,
     },
+    "report": {  # memorization_report.py (utils/report/; docs/report.md)
+        "ranking": "auto",  # auto = the rule chosen by evidence (utils/report/ranking.py DEFAULT_RULE) | a score id | rankavg:a+b
+        "probs": "auto",  # suggested labels: auto (cv on digits, else the best-test epoch's, from the stats) | best | cv
+        "top": 200,  # suspects shown in report.html (gallery + table); suspects.csv holds every sample
+        "gallery": 64,  # images in the gallery figure
+        "mislabeled_prob": 0.5,  # likely mislabeled: suggested class != given with at least this probability
+        "late_fraction": 0.01,  # atypical: learned in the latest / curvature in the top this fraction of samples
+        "duplicates": "auto",  # conflicting-duplicate search: auto (in-memory data up to dup_max_n samples) | on | off
+        "dup_top": 1000,  # search from the top-k of the ranking and the top-k curvature samples
+        "dup_neighbors": 5,  # nearest neighbours in pixels looked at per searched sample
+        "dup_pixel_rms": 0.05,  # near-identical: RMS difference of [0, 1] images below this
+        "dup_max_n": 200000,  # auto: skip the search above this many training samples (it holds every image)
+    },
     "spectrum": {  # parameter-Hessian spectra (utils/spectral/: hessian.py, rmt.py, esm.py)
         "top_k": 30,  # Lanczos eigenvalues kept
         "lanczos_iter": 80,  # Lanczos steps (full reorthogonalization)
@@ -282,7 +295,7 @@ def default_run_name(cfg: dict[str, Any]) -> str:
 # Keys that may differ between a run and its resumption without changing what it computes.
 _RESUME_FREE = ("run", "resume", "paths.", "data.root", "data.folder", "data.num_workers", "data.download",
                 "train.epochs", "train.max_steps", "train.checkpoint_every", "train.eval_batch_size", "train.stats",
-                "train.stats_every", "train.log_every", "train.compile", "score.", "localization.", "analysis.",
+                "train.stats_every", "train.log_every", "train.compile", "score.", "localization.", "analysis.", "report.",
                 "spectrum.", "esm.")
 
 

@@ -89,9 +89,7 @@ class IndexedDataset(Dataset):
         src = int(self.source_index[i])
         if isinstance(self.images, torch.Tensor):
             return self.images[src]
-        from PIL import Image
-
-        with Image.open(self.images[src]) as im:
+        with open_image(self.images[src]) as im:
             return im.convert("RGB")
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor, int]:
@@ -199,12 +197,26 @@ def _scan_folder(split_dir: Path) -> tuple[list[str], np.ndarray, list[str]]:
     return paths, np.asarray(labels), classes
 
 
+def open_image(path: str | Path) -> Any:
+    """PIL image of a file; a missing or unreadable file is one UserError naming it."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        return Image.open(path)
+    except FileNotFoundError:
+        raise UserError(f"image {path} is missing: the data moved? point data.root / $DATA_ROOT (and data.folder) "
+                        "at the folder the run was trained on") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise UserError(f"{path} is not a readable image ({type(e).__name__}); remove it from the image folder "
+                        "or replace it with the image") from None
+
+
 def _decode_all(paths: list[str], size: int) -> torch.Tensor:
     from PIL import Image
 
     out = torch.empty(len(paths), 3, size, size, dtype=torch.uint8)
     for i, p in enumerate(paths):
-        with Image.open(p) as im:
+        with open_image(p) as im:
             im = im.convert("RGB")
             if im.size != (size, size):
                 im = im.resize((size, size), Image.BILINEAR)
@@ -212,7 +224,7 @@ def _decode_all(paths: list[str], size: int) -> torch.Tensor:
     return out
 
 
-def _folder_dir(cfg: dict[str, Any]) -> Path:
+def folder_dir(cfg: dict[str, Any]) -> Path:
     d = cfg["data"]
     folder = d["folder"] or ("imagenet" if d["name"] == "imagenet" else "")
     return data_root(cfg) / folder if folder else data_root(cfg)
@@ -258,7 +270,7 @@ def build_data(cfg: dict[str, Any]) -> DataBundle:
         xtr, ytr, xte, yte, classes = _load_cifar(name, data_root(cfg), d["download"])
         mk = lambda aug: TensorTransform(CIFAR_MEAN[name], CIFAR_STD[name], aug, pad=d["crop_pad"])  # noqa: E731
     else:
-        base = _folder_dir(cfg)
+        base = folder_dir(cfg)
         ptr, ytr, classes = _scan_folder(base / "train")
         pte, yte, classes_te = _scan_folder(_test_split(base))
         if classes_te != classes:
@@ -278,6 +290,7 @@ def build_data(cfg: dict[str, Any]) -> DataBundle:
         keep = stratified_subset(np.asarray(ytr), d["subset"], d["subset_seed"])
         xtr = xtr[torch.from_numpy(keep)] if isinstance(xtr, torch.Tensor) else [xtr[i] for i in keep]
         ytr = np.asarray(ytr)[keep]
+        ptr = [ptr[i] for i in keep] if name in ("imagefolder", "imagenet") else None
     ytr, yte = np.asarray(ytr, np.int64), np.asarray(yte, np.int64)
     k = len(classes)
 
@@ -315,6 +328,8 @@ def build_data(cfg: dict[str, Any]) -> DataBundle:
         "duplicate_of": torch.from_numpy(dup_of),
         "source_index": torch.from_numpy(source),
     }
+    if name in ("imagefolder", "imagenet"):  # where each source image lives, relative to data.root/data.folder
+        record["source_files"] = [os.path.relpath(p, base) for p in ptr]
     return DataBundle(train, train_eval, test, k, sample.shape[0], sample.shape[-1], list(classes), record)
 
 

@@ -144,12 +144,13 @@ def record_to_numpy(record: dict[str, Any]) -> dict[str, Any]:
 
 def write_run_record(rdir: Path, cfg: dict[str, Any], record: dict[str, Any], identity: str) -> None:
     """run.json (config, identity, data set description) + record.npz (per-sample arrays)."""
-    meta = {k: v for k, v in record.items() if k not in RECORD_KEYS}
+    meta = {k: v for k, v in record.items() if k not in RECORD_KEYS and k != "source_files"}
+    files = {"source_files": np.asarray(record["source_files"], dtype=str)} if "source_files" in record else {}
     public = {k: v for k, v in cfg.items() if not k.startswith("_")}
     write_text(Path(rdir) / "run.json", json.dumps({"format_version": FORMAT_VERSION, "identity": identity,
                                                    "config": public, "data": meta, "platform": platform()},
                                                   indent=1) + "\n")
-    save_npz(Path(rdir) / "record.npz", **{k: np.asarray(record[k]) for k in RECORD_KEYS})
+    save_npz(Path(rdir) / "record.npz", **{k: np.asarray(record[k]) for k in RECORD_KEYS}, **files)
 
 
 def platform() -> dict[str, Any]:
@@ -170,6 +171,8 @@ def read_run_record(rdir: Path) -> tuple[dict[str, Any], dict[str, Any], str]:
             raise UserError(f"{rdir / 'run.json'} is corrupt ({e.msg} at line {e.lineno}); retrain the run") from None
         arrays = load_npz(rdir / "record.npz", "retrain the run", require=("index", "given_labels"))
         record = {**head["data"], **{k: torch.from_numpy(arrays[k]) for k in RECORD_KEYS}}
+        if "source_files" in arrays:  # folder data: each source image's path relative to data.root/data.folder
+            record["source_files"] = arrays["source_files"]
         return head["config"], record, head["identity"]
     ckpts = list_checkpoints(rdir)
     if not ckpts:

@@ -1,0 +1,152 @@
+"""The memorization report: ranking rules and metrics on hand-made cases, categories, and the stage end to end
+(clean and noisy tiny runs, folder data, and each bad input's one error line)."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from utils.errors import UserError
+from utils.io import load_npz
+from utils.report.build import make_report
+from utils.report.ranking import apply_rule, precision_at_k, rank_fraction, recall_at_fraction
+from utils.report.table import CATEGORIES, Suggestion, best_epoch, categories, predicted_at
+from utils.runs import run_dir
+
+from .conftest import run_script, tiny_cfg, write_image_folder
+from .test_analysis import make_run, read_csv, write_scores
+
+
+# ----------------------------------------------------------------------------- ranking
+def test_rank_fraction_ties_share_their_mean_rank_and_nan_ranks_lowest():
+    np.testing.assert_allclose(rank_fraction(np.array([3.0, 1.0, 3.0, np.nan])), [3.5 / 4, 2 / 4, 3.5 / 4, 1 / 4])
+
+
+def test_rank_average_combines_by_rank_not_by_scale():
+    s = {"a": np.array([1.0, 2.0, 3.0, 4.0]), "b": np.array([400.0, 300.0, 200.0, 1000.0])}
+    # ranks a: 1,2,3,4; b: 3,2,1,4 -> mean 2,2,2,4 (/4)
+    np.testing.assert_allclose(apply_rule(s, "rankavg:a+b"), [0.5, 0.5, 0.5, 1.0])
+    np.testing.assert_array_equal(apply_rule(s, "b"), s["b"])
+    with pytest.raises(UserError, match="needs the score"):
+        apply_rule(s, "rankavg:a+c")
+
+
+def test_precision_at_k_and_recall_in_the_top_fraction_on_a_known_ranking():
+    value = np.arange(200, 0, -1, dtype=float)  # sample 0 ranks first
+    target = np.zeros(200, bool)
+    target[[0, 1, 5, 150]] = True  # k = 4: the top 4 hold samples 0, 1 (positives) and 2, 3
+    assert precision_at_k(value, target) == 0.5
+    assert recall_at_fraction(value, target, 0.01) == 0.5  # top 2 samples: 2 of 4 positives
+    assert recall_at_fraction(value, target, 0.05) == 0.75  # top 10
+
+
+# ----------------------------------------------------------------------------- table
+def _stats() -> dict:
+    """3 epochs, 4 samples, 3 classes: sample 3 is never fitted, sample 2 only at the last epoch."""
+    return {"epochs": np.array([1, 2, 3]), "test_acc": np.array([0.5, 0.9, 0.8]), "given_label": np.array([0, 1, 2, 0]),
+            "correct": np.array([[1, 1, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0]], bool),
+            "loss": np.array([[0.1, 0.2, 2.0, 3.0]] * 3, np.float32),
+            "other": np.array([[1, 0, 1, 2]] * 3, np.int32), "other_prob": np.array([[0.05, 0.1, 0.7, 0.9]] * 3)}
+
+
+def test_predictions_and_the_best_epoch_come_from_the_statistics():
+    st = _stats()
+    assert best_epoch(st) == 1
+    label, prob = predicted_at(st, 1)
+    np.testing.assert_array_equal(label, [0, 1, 1, 2])
+    np.testing.assert_allclose(prob, [np.exp(-0.1), np.exp(-0.2), 0.7, 0.9], rtol=1e-6)
+
+
+def test_categories_follow_their_documented_order_of_evidence():
+    n = 6
+    given = np.zeros(n, np.int64)
+    predicted = np.array([0, 0, 1, 1, 0, 0])
+    sug = Suggestion(np.array([0, 0, 1, 1, 0, 2]), np.array([0.9, 0.9, 0.8, 0.3, 0.9, 0.9]), np.zeros(n), "", True)
+    fitted_epoch = np.array([1, 9, -1, -1, 1, 1])
+    curvature = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 5.0])
+    in_pair = np.array([False, False, False, False, True, False])
+    cat = categories(given=given, predicted=predicted, sug=sug, fitted_epoch=fitted_epoch, first_epoch=1,
+                     curvature=curvature, in_pair=in_pair, mislabeled_prob=0.5, late_fraction=0.2)
+    # 0 fine; 1 fitted last of all (atypical); 2 confidently another class; 3 unfitted, no confident class;
+    # 4 one side of a conflicting pair; 5 suggested elsewhere with p 0.9 beats its high curvature
+    assert list(cat) == [CATEGORIES[4], CATEGORIES[3], CATEGORIES[1], CATEGORIES[2], CATEGORIES[0], CATEGORIES[1]]
+
+
+# ----------------------------------------------------------------------------- the stage
+def _scored(tmp, *overrides):
+    cfg = make_run(tmp, *overrides)
+    rng = np.random.default_rng(0)
+    write_scores(cfg, rng.random(300) + 0.1)
+    return cfg
+
+
+def test_report_on_a_noisy_run_ranks_every_sample_and_measures_the_ranking(tmp_path):
+    cfg = _scored(tmp_path, "noise.kind=symmetric", "noise.rate=0.2", "report.probs=best")
+    res = make_report(cfg, progress=False, html=False)
+    rows = read_csv(res["out_dir"] / "suspects.csv")
+    assert len(rows) == 300 and [int(r["rank"]) for r in rows] == list(range(1, 301))
+    value = np.array([float(r["report_score"]) for r in rows])
+    assert (np.diff(value) <= 0).all()
+    rec = load_npz(run_dir(cfg) / "train_stats.npz")
+    for r in rows[:20]:  # labels as recorded, the category one of the documented ones
+        assert int(r["given_label"]) == rec["given_label"][int(r["index"])] and r["category"] in CATEGORIES
+    assert {r["rule"] for r in read_csv(res["out_dir"] / "ranking.csv")} >= {res["rule"], "curvature"}
+    assert all((res["out_dir"] / f).is_file() for f in ("gallery.png", "per_class.png", "timeline.png",
+                                                         "duplicate_pairs.png", "suspects.md"))
+
+
+def test_report_on_a_clean_run_has_nothing_to_grade_but_still_answers(tmp_path):
+    cfg = _scored(tmp_path, "noise.kind=none", "noise.rate=0")
+    res = make_report(cfg, progress=False, html=False)
+    assert len(res["table"]["rank"]) == 300 and not res["evaluation"]
+    assert not (res["out_dir"] / "ranking.csv").exists() and "is_noisy" not in res["table"]
+    assert sum(res["counts"].values()) == 300
+
+
+def test_report_errors_are_one_line_each(tmp_path):
+    cfg = tiny_cfg(tmp_path, "run=never")
+    with pytest.raises(UserError, match="train it first"):
+        make_report(cfg, progress=False, html=False)
+    cfg = make_run(tmp_path / "b")
+    with pytest.raises(UserError, match="score the run first"):
+        make_report(cfg, progress=False, html=False)
+    write_scores(cfg, np.ones(300))
+    with pytest.raises(UserError, match="report.probs must be"):
+        make_report({**cfg, "report": {**cfg["report"], "probs": "oracle"}}, progress=False, html=False)
+
+
+def test_report_of_folder_data_names_files_and_a_moved_image(tmp_path):
+    root = write_image_folder(tmp_path / "imgs", n=6, noise=True)
+    over = ("data.name=imagefolder", f"data.root={tmp_path / 'imgs'}", "data.image_size=8", "data.subset=0",
+            "model.name=digits_mlp", "train.epochs=2", "report.duplicates=off")
+    cfg = make_run(tmp_path, *over)
+    write_scores(cfg, np.arange(18, dtype=float) + 1)
+    res = make_report(cfg, progress=False, html=False)
+    assert sorted(res["table"]["source"])[0] == "train/a/0.png"
+    (root / "train/a/0.png").rename(root / "moved.png")
+    with pytest.raises(UserError, match=r"train/a/0.png of run tiny is missing.*data.root"):
+        make_report(cfg, progress=False, html=False)
+
+
+def test_a_non_image_file_in_the_folder_is_one_error_line(tmp_path):
+    root = write_image_folder(tmp_path / "imgs", n=3)
+    (root / "train/b/1.png").write_text("not an image")
+    out = run_script("train_digits.py", "data.name=imagefolder", f"data.root={root}", "data.image_size=8",
+                     f"paths.pretrained={tmp_path}/p", f"paths.logs={tmp_path}/l", "train.epochs=1", "run=x")
+    assert out.returncode == 2 and out.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "train/b/1.png is not a readable image" in out.stderr
+
+
+def test_the_script_prints_a_summary_and_its_paths(tmp_path):
+    cfg = _scored(tmp_path, "noise.kind=symmetric", "noise.rate=0.1")
+    p = cfg["paths"]
+    out = run_script("memorization_report.py", "run=tiny", f"paths.pretrained={p['pretrained']}",
+                     f"paths.scores={p['scores']}", "report.probs=best", "report.top=20")
+    assert out.returncode == 0, out.stderr
+    assert "categories:" in out.stdout and "suspects.csv" in out.stdout and "report.html" in out.stdout
+    shutil.rmtree(p["scores"])
+    out = run_script("memorization_report.py", "run=tiny", f"paths.pretrained={p['pretrained']}",
+                     f"paths.scores={p['scores']}")
+    assert out.returncode == 2 and "score the run first" in out.stderr.splitlines()[-1]

@@ -1,0 +1,248 @@
+"""`memorization_report.py run=<run>`: which training examples did the network memorize, on any trained and
+scored run, injected noise or not.
+
+Reads the run record, the training statistics and `curv_scores/<run>/curvature.npz`; decodes only the images
+it shows. Writes `curv_scores/<run>/report/`: suspects.csv (every sample, ranked; columns in docs/report.md),
+suspects.md (the top 50), ranking.csv (runs with injected noise: how each score ranks them), gallery.png,
+duplicate_pairs.png, per_class.png, timeline.png and report.html (one self-contained page).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..curvature.analysis import checkpoint_probabilities, cl_probabilities, load_scores, raw_images, stats_columns
+from ..curvature.duplicates import find_conflicting_pairs
+from ..data import folder_dir, open_image
+from ..errors import UserError
+from ..io import atomic_write, markdown_table, write_table, write_text
+from ..runs import Run, open_run
+from . import figures
+from .ranking import DEFAULT_RULE, SINGLE, apply_rule, evaluate_rules, members
+from .table import CATEGORIES, Suggestion, all_scores, best_epoch, suggestion_from_probs, suggestion_from_stats, suspect_table
+
+FOLDER_DATA = ("imagefolder", "imagenet")
+
+
+def _fill_predictions(run: Run, stats: dict[str, np.ndarray]) -> None:
+    """Runs trained before the statistics kept `other` / `other_prob`: fill them at the last and the best-test
+    epoch from those checkpoints (one forward pass each); other epochs stay empty (-1 / NaN)."""
+    e_n = stats["loss"].shape
+    stats["other"], stats["other_prob"] = np.full(e_n, -1, np.int32), np.full(e_n, np.nan, np.float32)
+    for e in {e_n[0] - 1, best_epoch(stats)}:
+        epoch = int(stats["epochs"][e])
+        if epoch not in run.epochs:
+            raise UserError(f"run {run.name}'s statistics lack the predicted classes and epoch {epoch} has no "
+                            "checkpoint to recompute them; retrain the run")
+        p = checkpoint_probabilities(run, epoch, run.data.train_eval)
+        p[np.arange(len(p)), stats["given_label"]] = -1.0
+        stats["other"][e], stats["other_prob"][e] = p.argmax(1), p.max(1)
+
+
+def _suggestion(run: Run, stats: dict[str, np.ndarray], cols: np.ndarray, progress: bool) -> tuple[Suggestion, Any]:
+    """(suggested labels, out-of-sample probabilities or None) per report.probs (docs/report.md)."""
+    mode = run.cfg["report"]["probs"]
+    if mode not in ("auto", "best", "cv"):
+        raise UserError(f"report.probs must be auto, best or cv, got {mode!r}")
+    if mode == "best" or (mode == "auto" and run.cfg["data"]["name"] != "digits"):
+        sug = suggestion_from_stats(stats)
+        return Suggestion(sug.label[cols], sug.prob[cols], sug.given_prob[cols], sug.source, False), None
+    if mode == "cv":
+        run.cfg["analysis"]["cl_probs"] = "cv"
+    probs, source = cl_probabilities(run, stats, progress)
+    probs = probs[stats["index"][cols]]
+    return suggestion_from_probs(probs, stats["given_label"][cols], source, "out-of-sample" in source), probs
+
+
+def _sources(run: Run, curv: dict[str, np.ndarray]) -> np.ndarray:
+    """Where each sample's image comes from: its file (relative to data.root/data.folder) for folder data,
+    `<dataset>:train:<i>` otherwise (i = the source image: a duplicate copy names its original)."""
+    src = np.asarray(run.record["source_index"])[np.asarray(curv["index"])]
+    if "source_files" in run.record:
+        return np.asarray(run.record["source_files"])[src]
+    return np.char.add(f"{run.record['dataset']}:train:", src.astype(str))
+
+
+def _images(run: Run, sources: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """Un-normalised images (k, H, W[, 3]) in [0, 1] of the samples at positions `pos`: decoded from their files
+    for folder data (only these; the first missing one is an error naming data.root), else from the data set."""
+    pos = np.asarray(pos, np.int64)
+    if run.cfg["data"]["name"] not in FOLDER_DATA or "source_files" not in run.record:
+        return raw_images(run.data.train_eval, pos)
+    base = folder_dir(run.cfg)
+    size = int(run.record["image_size"])
+    paths = [base / str(sources[p]) for p in pos]
+    missing = next((p for p in paths if not p.is_file()), None)
+    if missing is not None:
+        raise UserError(f"image {missing} of run {run.name} is missing: the images moved? point data.root "
+                        f"(now {run.cfg['data']['root'] or '$DATA_ROOT'}) / data.folder at the folder the run was trained on")
+    out = []
+    for p in paths:
+        with open_image(p) as im:
+            out.append(np.asarray(im.convert("RGB").resize((size, size)), np.float32) / 255.0)
+    return np.stack(out) if out else np.zeros((0, size, size, 3), np.float32)
+
+
+def _pairs(run: Run, curv: dict[str, np.ndarray], scores: dict[str, np.ndarray], value: np.ndarray,
+           notes: list[str]) -> list[dict[str, Any]]:
+    """Conflicting near-duplicates among the top of the ranking and of curvature (pixel space), or [] with a
+    note saying why the search was skipped."""
+    r = run.cfg["report"]
+    n = len(value)
+    mode = str(r["duplicates"])
+    if mode not in ("auto", "on", "off"):
+        raise UserError(f"report.duplicates must be auto, on or off, got {mode!r}")
+    in_memory = run.cfg["data"]["name"] not in FOLDER_DATA or (run.cfg["data"]["name"] == "imagefolder"
+                                                                 and run.cfg["data"]["in_memory"])
+    if mode == "off" or (mode == "auto" and (not in_memory or n > r["dup_max_n"])):
+        notes.append("conflicting-duplicate search skipped (report.duplicates="
+                     f"{mode}{'' if mode == 'off' else ': data not in memory or over report.dup_max_n samples'})")
+        return []
+    k = min(r["dup_top"], n)
+    cand = np.unique(np.concatenate([np.argsort(-value, kind="stable")[:k],
+                                     np.argsort(-scores["curvature"], kind="stable")[:k]]))
+    ds = run.data.train_eval
+    pixels = raw_images(ds, np.arange(len(ds))).reshape(len(ds), -1)
+    pos = np.asarray(curv["index"])
+    rows = find_conflicting_pairs(pixels[pos], np.asarray(curv["given_label"]), cand, k=r["dup_neighbors"],
+                                  pixel_rms=r["dup_pixel_rms"])
+    notes.append(f"conflicting duplicates: searched the top {k} of the ranking and of curvature ({len(cand)} samples), "
+                 f"{r['dup_neighbors']} pixel neighbours each, RMS <= {r['dup_pixel_rms']}: {len(rows)} pairs")
+    return rows
+
+
+def _write_csv(path: Path, table: dict[str, np.ndarray]) -> Path:
+    """suspects.csv, written atomically (pandas: 1.3 M rows in seconds)."""
+    import pandas as pd
+
+    frame = pd.DataFrame(table)
+    return atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False, float_format="%.6g"))
+
+
+def load_inputs(run: Run, progress: bool = True) -> dict[str, Any]:
+    """What a report ranks, from the run's files: curv (curvature.npz), stats (training statistics), cols (their
+    columns for curv's samples), sug (suggested labels), probs (out-of-sample (N, K) or None), scores (id -> (N,))."""
+    curv = load_scores(run)
+    stats = run.stats()
+    cols = stats_columns(stats, curv["index"])
+    if not np.array_equal(stats["given_label"][cols], curv["given_label"]):
+        raise UserError("curvature.npz and the training statistics disagree on the labels; rescore the run")
+    if "other" not in stats:
+        _fill_predictions(run, stats)
+    sug, probs = _suggestion(run, stats, cols, progress)
+    return {"curv": curv, "stats": stats, "cols": cols, "sug": sug, "probs": probs,
+            "scores": all_scores(stats, curv, cols, sug, probs)}
+
+
+def make_report(cfg: dict[str, Any], progress: bool = True, html: bool = True) -> dict[str, Any]:
+    """Build curv_scores/<run>/report/ for a trained and scored run; returns paths, the table and the notes."""
+    t0 = time.time()
+    run = open_run(cfg)
+    r = run.cfg["report"]
+    got = load_inputs(run, progress)
+    curv, stats, cols, sug, scores = (got[k] for k in ("curv", "stats", "cols", "sug", "scores"))
+    rule = DEFAULT_RULE if r["ranking"] == "auto" else r["ranking"]
+    out = run.scores / "report"
+    notes = [f"ranking: {rule}" + (" (the default, chosen by evidence on other runs: docs/report.md)"
+                                   if r["ranking"] == "auto" else " (report.ranking)")]
+    ep = [int(e) for e in curv["epochs"]]
+    notes.append(f"curvature from {len(ep)} scored epochs ({', '.join(map(str, ep))}) of the {len(run.epochs)} saved "
+                 f"({run.epochs[0]}..{run.epochs[-1]})")
+    notes.append(f"suggested labels: {sug.source}")
+    value = apply_rule(scores, rule)
+    pairs = _pairs(run, curv, scores, value, notes)
+    sources = _sources(run, curv)
+    classes = list(run.record["classes"])
+    table = suspect_table(stats, curv, cols, sug, scores, rule, classes, sources, pairs, r)
+    paths = [_write_csv(out / "suspects.csv", table)]
+    top = min(r["top"], len(table["rank"]))
+    head = [{k: table[k][i].item() if hasattr(table[k][i], "item") else table[k][i] for k in table} for i in range(top)]
+    shown = ["rank", "index", "given_class", "suggested_class", "suggested_prob", "category", *members(rule)]
+    paths.append(write_text(out / "suspects.md", markdown_table(head[:50], shown)))
+    evaluation = []
+    if "is_noisy" in table:
+        target = np.asarray(curv["is_noisy"], bool)
+        evaluation = evaluate_rules(scores, target, [rule, *[s for s in SINGLE if s != rule]])
+        paths += write_table(out / "ranking", evaluation)
+        e0 = evaluation[0]
+        notes.append(f"injected noise ({int(target.sum())} labels): the report's ranking has precision at k "
+                     f"{e0['precision_at_k']:.3f}, recall in the top 1 % {e0['recall_top1pct']:.3f} (ranking.csv)")
+    counts = {c: int((table["category"] == c).sum()) for c in CATEGORIES}
+    figs = _figures(run, out, table, stats, cols, curv, pairs, sources, top)
+    paths += list(figs.values())
+    if html:
+        paths.append(_html(run, out, table, head, rule, counts, notes, pairs, sources, figs, stats, curv))
+    return {"table": table, "notes": notes, "counts": counts, "pairs": pairs, "evaluation": evaluation,
+            "paths": paths, "out_dir": out, "seconds": time.time() - t0, "rule": rule}
+
+
+def _pos(curv: dict[str, np.ndarray], index: Any) -> np.ndarray:
+    """Positions in the score file's order (sorted by index) of sample indices."""
+    return np.searchsorted(np.asarray(curv["index"]), np.asarray(index, np.int64))
+
+
+def _figures(run: Run, out: Path, table: dict[str, np.ndarray], stats: dict[str, np.ndarray], cols: np.ndarray,
+             curv: dict[str, np.ndarray], pairs: list[dict[str, Any]], sources: np.ndarray, top: int) -> dict[str, Path]:
+    r = run.cfg["report"]
+    g = min(r["gallery"], len(table["rank"]))
+    figs = {"gallery": figures.gallery(_images(run, sources, _pos(curv, table["index"][:g])),
+                                       table, out / "gallery.png")}
+    shown = pairs[:24]
+    cls = list(run.record["classes"])
+    figs["duplicate_pairs"] = figures.duplicate_pairs(
+        _images(run, sources, [p["i"] for p in shown]), _images(run, sources, [p["j"] for p in shown]),
+        [(f"#{p['i']} {cls[p['given_i']][:8]}", f"#{p['j']} {cls[p['given_j']][:8]}\nRMS {p['pixel_rms']:.3f}")
+         for p in shown], out / "duplicate_pairs.png")
+    figs["per_class"] = figures.per_class(table, cls, top, out / "per_class.png")
+    correct = stats["correct"][:, cols]
+    top_pos = cols[_pos(curv, table["index"][:top])]
+    noisy = np.asarray(curv["is_noisy"], bool)
+    clean = correct[:, ~noisy].mean(1) if noisy.any() else None
+    figs["timeline"] = figures.timeline(stats["epochs"], stats["correct"][:, top_pos].mean(1), correct.mean(1),
+                                        stats["test_acc"], clean, top, out / "timeline.png")
+    return figs
+
+
+def _html(run: Run, out: Path, table: dict[str, np.ndarray], head: list[dict[str, Any]], rule: str,
+          counts: dict[str, int], notes: list[str], pairs: list[dict[str, Any]], sources: np.ndarray,
+          figs: dict[str, Path], stats: dict[str, np.ndarray], curv: dict[str, np.ndarray]) -> Path:
+    """report.html: the top rows with thumbnails, the pairs, the figures (utils/report/html.py)."""
+    from .html import thumbnail_uri, write_report_html
+
+    index = np.asarray(curv["index"])
+    pairs = [{**p, "a": int(index[p["i"]]), "b": int(index[p["j"]])} for p in pairs[:24]]
+    want = sorted({int(h["index"]) for h in head} | {p["a"] for p in pairs} | {p["b"] for p in pairs})
+    imgs = _images(run, sources, _pos(curv, want))
+    thumbs = {i: thumbnail_uri(im) for i, im in zip(want, imgs)}
+    cls = list(run.record["classes"])
+    c, d = run.cfg, run.record
+    last = {k: float(stats[k][-1]) for k in ("test_acc",)}
+    summary = [("run", run.name), ("data", f"{d['dataset']}: {len(table['rank'])} training samples, {len(cls)} classes"),
+               ("noise", f"{c['noise']['kind']} {c['noise']['rate']:g}" if c["noise"]["kind"] != "none" else "none injected"),
+               ("model", f"{c['model']['name']} (width {c['model']['width'] or 'default'})"),
+               ("training", f"{c['train']['epochs']} epochs; final train fit {float(stats['correct'][-1].mean()):.4f}, "
+                            f"test accuracy {last['test_acc']:.4f}"),
+               ("ranking", rule), ("categories", ", ".join(f"{k}: {v}" for k, v in counts.items()))]
+    pair_rows = [{"a": p["a"], "b": p["b"], "label_a": cls[p["given_i"]], "label_b": cls[p["given_j"]],
+                  "distance": float(p["pixel_rms"])} for p in pairs]
+    columns = list(table)
+    return write_report_html(out / "report.html", title=f"Memorization report: {run.name}", summary=summary,
+                             notes=notes, columns=columns, rows=head, thumbs=thumbs, classes=cls,
+                             categories=list(CATEGORIES), pairs=pair_rows, figures=figs)
+
+
+def main(cfg: dict[str, Any]) -> None:
+    """Entry point of memorization_report.py: build the report, print the top 10, the counts and the paths."""
+    res = make_report(cfg)
+    t = res["table"]
+    print("\n".join(res["notes"]))
+    print(f"{'rank':>5} {'index':>7}  {'given':>10} -> {'suggested':<10} {'p':>5}  category")
+    for i in range(min(10, len(t["rank"]))):
+        print(f"{t['rank'][i]:>5} {t['index'][i]:>7}  {t['given_class'][i][:10]:>10} -> {t['suggested_class'][i][:10]:<10} "
+              f"{t['suggested_prob'][i]:5.2f}  {t['category'][i]}")
+    print("categories: " + ", ".join(f"{k} {v}" for k, v in res["counts"].items()))
+    print(f"report built in {res['seconds']:.1f} s; written: " + ", ".join(str(p) for p in res["paths"]))
