@@ -1,0 +1,1 @@
+"""The memorization report (`memorization_report.py`): ranking, categories, suspects.csv, figures and report.html."""
