@@ -32,11 +32,13 @@ N = 50
 
 def synthetic(tmp: Path, n: int = N, with_figure: bool = True) -> dict:
     """Keyword arguments of write_report_html: `n` ranked rows with random scores (some curvature NaN), 3 classes,
-    4 categories (one unused), random 8x8 thumbnails (grey and RGB), one duplicate pair, one small PNG figure and
-    one missing figure."""
+    4 categories (one unused), 8x8 digit thumbnails (grey, every third one tinted RGB), one duplicate pair, one small
+    PNG figure and one missing figure."""
     from PIL import Image
+    from sklearn.datasets import load_digits
 
     rng = np.random.default_rng(0)
+    digits = load_digits().images / 16.0
     index = rng.permutation(1000)[:n]
     curv = rng.random(n)
     curv[[3, 17, 31]] = np.nan
@@ -46,7 +48,7 @@ def synthetic(tmp: Path, n: int = N, with_figure: bool = True) -> dict:
              "category": CATEGORIES[rng.integers(3)], "source": f"train/{CLASSES[0]}/{i}.png"}
             for r, i in enumerate(index)]
     pair = {"a": int(index[0]), "b": 2000, "label_a": CLASSES[0], "label_b": EVIL, "distance": 0.0123}
-    thumbs = {int(i): thumbnail_uri(rng.random((8, 8)) if k % 2 else rng.random((8, 8, 3)), size=32)
+    thumbs = {int(i): thumbnail_uri(digits[i % 1797] if k % 3 else digits[i % 1797][:, :, None] * [1.0, 0.6, 0.2], size=32)
               for k, i in enumerate([*index, 2000])}
     figures = {"missing figure": tmp / "nope.png"}
     if with_figure:
@@ -291,8 +293,9 @@ def test_report_in_headless_chromium(tmp_path, browser):
     b.js("document.getElementById('f-reset').click()")
     assert _visible(b) == by_rank
 
+    size = b.page("Page.getLayoutMetrics")["cssContentSize"]
     shot = b.page("Page.captureScreenshot", format="png", captureBeyondViewport=True,
-                  clip={"x": 0, "y": 0, "width": 1280, "height": 1600, "scale": 1})
+                  clip={"x": 0, "y": 0, "width": 1280, "height": min(size["height"], 6000), "scale": 1})
     (tmp_path / "report_screenshot.png").write_bytes(__import__("base64").b64decode(shot["data"]))
     print(f"screenshot: {tmp_path / 'report_screenshot.png'}")
     assert b.errors() == []

@@ -164,7 +164,7 @@ def _badge_css(categories: list[str]) -> str:
     rules = []
     for k, cat in enumerate(categories):
         fg, bg = NONE_COLOUR if cat == "none" else BADGE_COLOURS[k % len(BADGE_COLOURS)]
-        rules.append(f".cat-{k}{{color:{fg};background:{bg}}} .card.cat-{k}{{border-top:3px solid {fg}}}")
+        rules.append(f".badge.cat-{k}{{color:{fg};background:{bg}}} .card.cat-{k}{{border-top:3px solid {fg}}}")
     return "\n".join(rules)
 
 
@@ -218,7 +218,8 @@ def _gallery(rows: list[dict[str, object]], thumbs: dict[int, str], categories: 
             f'<a class="card cat-{k}" data-i="{i}" href="#row-{int(r["index"])}"{hidden}>'  # type: ignore[call-overload]
             f'{_thumb(r["index"], thumbs)}'
             f'<div class="meta"><b>#{_e(r["rank"])}</b> · index {_e(r["index"])}</div>'
-            f'<div class="labels">{given} → <span class="sugg">{sugg}</span> ({_prob(r["suggested_prob"])})</div>'
+            f'<div class="labels" title="{given} → {sugg}">{given} → <span class="sugg">{sugg}</span> '
+            f'({_prob(r["suggested_prob"])})</div>'
             f'{_badge(r["category"], categories)}</a>')
     count = f"first {GALLERY_LIMIT} of {len(rows)}" if len(rows) > GALLERY_LIMIT else str(len(rows))
     return ('<section id="gallery"><h2>Top suspects <small>(<span id="gallery-count">'

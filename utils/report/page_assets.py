@@ -40,6 +40,7 @@ h2 small, .muted { color: var(--muted); font-weight: normal; }
 .controls select, .controls button { font: inherit; padding: 3px 6px; border: 1px solid #c3c9d3; border-radius: 4px;
                                      background: #fff; color: var(--fg); }
 .controls button { cursor: pointer; }
+.controls select { max-width: 18em; }
 #counter { font-weight: 600; }
 .cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(148px, 1fr)); gap: 10px; margin-top: 10px; }
 .card { display: flex; flex-direction: column; align-items: center; gap: 3px; padding: 8px 6px 8px;
@@ -52,9 +53,11 @@ h2 small, .muted { color: var(--muted); font-weight: normal; }
 .mini { width: 36px; height: 36px; border-radius: 2px; }
 .card .meta { font-size: 12px; color: var(--muted); }
 .card .meta b { color: var(--fg); }
-.labels { font-size: 13px; overflow-wrap: anywhere; }
+.labels { font-size: 13px; overflow-wrap: anywhere; overflow: hidden; display: -webkit-box; -webkit-box-orient: vertical;
+          -webkit-line-clamp: 3; }
 .labels .sugg { font-weight: 600; }
-.badge { display: inline-block; font-size: 11px; line-height: 1.3; padding: 1px 7px; border-radius: 9px;
+.badge { display: inline-block; color: #4a5260; background: #eceff3; font-size: 11px; line-height: 1.3;
+         padding: 1px 7px; border-radius: 9px;
          white-space: nowrap; }
 .tablewrap { max-height: 78vh; overflow: auto; border: 1px solid var(--line); border-radius: 6px;
              background: var(--card); margin-top: 10px; }
@@ -130,25 +133,27 @@ JS = r"""
     return cat === "" || r[C] === cat;
   }
 
+  let order = rows.map((_, i) => i), orderKey = `${sortCol}:${sortDir}`;  // the page comes in rank order
+
   function apply() {
-    const order = rows.map((_, i) => i).sort(compare);
+    const key = `${sortCol}:${sortDir}`, moved = key !== orderKey;  // a filter alone moves no node
+    if (moved) { order = rows.map((_, i) => i).sort(compare); orderKey = key; }
     const tf = document.createDocumentFragment(), gf = document.createDocumentFragment();
     let shown = 0, inGallery = 0;
     for (const i of order) {
       const ok = matches(i);
       trs[i].hidden = !ok;
-      tf.appendChild(trs[i]);
+      if (moved) tf.appendChild(trs[i]);
       const card = cards[i];
       if (card) {
         const vis = ok && (showAll || inGallery < LIMIT);
         card.hidden = !vis;
         if (vis) inGallery++;
-        gf.appendChild(card);
+        if (moved) gf.appendChild(card);
       }
       if (ok) shown++;
     }
-    tbody.appendChild(tf);
-    gallery.appendChild(gf);
+    if (moved) { tbody.appendChild(tf); gallery.appendChild(gf); }
     $("counter").textContent = `showing ${shown} of ${rows.length}`;
     $("table-empty").hidden = shown > 0;
     $("gallery-empty").hidden = shown > 0;
