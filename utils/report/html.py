@@ -238,7 +238,7 @@ def _table(columns: list[str], types: list[str], rows: list[dict[str, object]], 
         sort = ' aria-sort="ascending"' if name == "rank" else ""
         arrow = "▲" if name == "rank" else ""
         head.append(f'<th class="{t}" data-c="{c}"{sort}><button type="button" title="sort by {_e(name)}">'
-                    f'{_e(name)}<span class="arrow">{arrow}</span></button></th>')
+                    f'{_e(name).replace("_", "_<wbr>")}<span class="arrow">{arrow}</span></button></th>')
     body = []
     for i, r in enumerate(rows):
         cells = [f"<td>{_thumb(r['index'], thumbs, ' mini')}</td>"]

@@ -50,7 +50,7 @@ h2 small, .muted { color: var(--muted); font-weight: normal; }
 .thumb { width: 96px; height: 96px; background: #111 center / contain no-repeat; image-rendering: pixelated;
          border-radius: 3px; flex: none; }
 .thumb.missing { background: repeating-linear-gradient(45deg, #ddd 0 6px, #eee 6px 12px); }
-.mini { width: 36px; height: 36px; border-radius: 2px; }
+.mini { width: 30px; height: 30px; border-radius: 2px; }
 .card .meta { font-size: 12px; color: var(--muted); }
 .card .meta b { color: var(--fg); }
 .labels { font-size: 13px; overflow-wrap: anywhere; overflow: hidden; display: -webkit-box; -webkit-box-orient: vertical;
@@ -64,14 +64,14 @@ h2 small, .muted { color: var(--muted); font-weight: normal; }
 table { border-collapse: separate; border-spacing: 0; width: 100%; font-variant-numeric: tabular-nums; }
 thead th { position: sticky; top: 0; z-index: 2; background: #eef1f6; border-bottom: 1px solid var(--line);
            padding: 0; text-align: left; vertical-align: bottom; }
-thead th button { all: unset; cursor: pointer; display: block; padding: 6px 8px; font-weight: 600;
-                  white-space: nowrap; }
+thead th button { all: unset; box-sizing: border-box; cursor: pointer; display: flex; align-items: flex-end;
+                  width: 100%; padding: 6px 4px 6px 8px; font-weight: 600; }
+thead th.num button { justify-content: flex-end; }
 thead th button:focus-visible { outline: 2px solid var(--accent); outline-offset: -2px; }
-thead th .arrow { display: inline-block; width: 1em; color: var(--accent); }
+thead th .arrow { flex: none; width: 1em; text-align: center; color: var(--accent); }
 thead th.plain { padding: 6px 8px; }
 td { padding: 3px 8px; border-bottom: 1px solid #edf0f4; white-space: nowrap; vertical-align: middle; }
 th.num, td.num { text-align: right; }
-thead th.num button { margin-left: auto; }
 td.str { max-width: 28em; overflow: hidden; text-overflow: ellipsis; }
 tbody tr:hover { background: #f3f6fc; }
 tbody tr:target { background: #fff4cc; }
