@@ -185,7 +185,8 @@ def load_reference(pretrained: str | Path, name: str, data: dict[str, Any], true
         raise UserError(f"reference run {name!r} is not trained to the end ({stats_file} missing, written when training "
                         f"ends with train.stats=true); finish it with its training command (train_{data['name']}.py "
                         f"run={name})")
-    z = load_npz(stats_file, f"retrain the reference: {how}", require=("epochs", "true_label"))
+    z = load_npz(stats_file, f"retrain the reference: {how}", keys=("true_label", "is_noisy", "other", "other_prob"),
+                 require=("epochs", "true_label"))
     if "other" not in z or "other_prob" not in z:
         raise UserError(f"reference run {name!r} was trained before the training statistics kept other/other_prob; "
                         f"retrain the reference (delete {rdir}, then {how})")
