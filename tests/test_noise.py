@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from utils.errors import UserError
 from utils.noise import asymmetric_map, corrupt_labels, pick_duplicates
 
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -66,3 +67,36 @@ def test_asymmetric_digits_map():
     g = corrupt_labels(y, 10, "asymmetric", 0.1, seed=0, classes=digits)
     moved = g != y
     assert moved.sum() == 20 and set(y[moved]) <= {2, 3, 5, 6, 7} and np.array_equal(g[moved], m[y[moved]])
+
+
+# ----------------------------------------------------------------------------- instance-dependent noise (pure part)
+def test_reference_confusion_hand_case():
+    from utils.noise import reference_confusion
+
+    other = np.array([[1, 2, 0, 3, 1], [1, 2, 2, 3, 0], [2, 0, 2, 0, 0]])
+    prob = np.array([[.2, .1, .4, .3, .25], [.3, .1, .1, .3, .125], [.6, .05, .1, .3, .125]])
+    conf, cls = reference_confusion(other, prob)
+    assert np.allclose(conf, [1.1 / 3, .25 / 3, .2, .3, .5 / 3])
+    # weighted votes: s0 class 1 .5 < class 2 .6; s2 class 0 .4 > class 2 .2; s4 class 0 .25 = class 1 .25 -> lower
+    assert cls.tolist() == [2, 2, 0, 3, 0]
+
+
+def test_instance_labels_exact_flips_by_confusability():
+    from utils.noise import instance_labels
+
+    labels = np.array([0, 1, 1, 2, 4])
+    conf = np.array([1.1 / 3, .25 / 3, .2, .3, .5 / 3])
+    cls = np.array([2, 2, 0, 3, 0])
+    assert instance_labels(labels, conf, cls, 0.4).tolist() == [2, 1, 1, 3, 4]  # the two most confusable
+    assert instance_labels(labels, conf, cls, 0.6).tolist() == [2, 1, 0, 3, 4]
+    assert instance_labels(labels, conf, cls, 0.0).tolist() == labels.tolist()
+    # ties go to the lower index; a sample 'confused' with its own label is never chosen
+    tie = instance_labels(np.array([0, 0, 0, 0]), np.array([.5, .9, .5, .95]), np.array([1, 1, 1, 0]), 0.5)
+    assert tie.tolist() == [1, 1, 0, 0]
+    with pytest.raises(UserError, match="confuses only 3"):
+        instance_labels(np.array([0, 0, 0, 0]), np.array([.5, .9, .5, .95]), np.array([1, 1, 1, 0]), 1.0)
+
+
+def test_instance_kind_needs_a_reference():
+    with pytest.raises(UserError, match="noise.reference"):
+        corrupt_labels(np.arange(10) % 2, 2, "instance", 0.1, seed=0)

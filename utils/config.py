@@ -37,12 +37,18 @@ DEFAULTS: dict[str, Any] = {
         "num_workers": 0,
         "subset": 0,  # >0: a seeded, class-stratified subset of this many training images (quick runs)
         "subset_seed": 0,
+        # cross-validation folds (utils/curvature/crossval.py): a fold run trains on every fold but holdout_fold
+        "folds": 0,  # >1: split the training set into this many stratified, seeded folds (0 = no folds)
+        "holdout_fold": 0,  # the fold left out of this run's training set (0..folds-1)
+        "fold_seed": 0,  # seed of the fold assignment
     },
     "noise": {
-        "kind": "none",  # none | symmetric | asymmetric | random
+        "kind": "none",  # none | symmetric | asymmetric | random | instance (needs noise.reference)
         "rate": 0.0,  # fraction of training labels corrupted, exact count round(rate*N)
         "seed": 0,  # independent of train.seed
         "duplicates": 0,  # inject this many duplicated images carrying a different label
+        "reference": "",  # kind=instance: a run trained on the clean labels of the same data (another seed)
+        "reference_identity": "",  # kind=instance: the reference's identity hash, filled in by training (leave empty)
     },
     "model": {
         "name": "digits_mlp", "width": 0, "activation": "",
@@ -77,7 +83,8 @@ DEFAULTS: dict[str, Any] = {
     # analyze_curvature.py / find_duplicates.py / fz_memorization.py (utils/curvature/)
     "analysis": {
         "top_k": 32,  # images in the top-curvature grid
-        "cl_probs": "auto",  # Confident Learning probabilities: auto (cv on digits, best otherwise) | cv | best | none (skip)
+        "cl_probs": "auto",  # Confident Learning probabilities: auto (cv_mlp on digits, best else) | cv | cv_mlp | best | none
+        # cv: K fold runs of the run's own recipe (costs K trainings); cv_mlp: K MLPs on flattened pixels (cheap)
         "cv_folds": 5,  # folds of the out-of-sample probabilities
         "seed": 0,  # CV folds, FZ subsets and initialisations
         "dup_top": 100,  # duplicate finder: search from the top-k curvature samples (0 = all)
@@ -300,7 +307,8 @@ _RESUME_FREE = ("run", "resume", "paths.", "data.root", "data.folder", "data.num
 
 
 # Run-defining keys added after runs were recorded: left out of the identity while at this default.
-_ADDED_LATER = {"data.on_device": False, "train.optimizer": "sgd"}
+_ADDED_LATER = {"data.on_device": False, "train.optimizer": "sgd", "data.folds": 0, "data.holdout_fold": 0,
+                "data.fold_seed": 0, "noise.reference": "", "noise.reference_identity": ""}
 
 
 def identity_items(cfg: dict[str, Any]) -> dict[str, Any]:

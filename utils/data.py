@@ -18,7 +18,8 @@ import torch
 from torch.utils.data import Dataset
 
 from .errors import UserError
-from .noise import corrupt_labels, pick_duplicates
+from .folds import holdout
+from .noise import INSTANCE_RULE, corrupt_labels, instance_noise, pick_duplicates
 
 CIFAR_MEAN = {"cifar10": (0.4914, 0.4822, 0.4465), "cifar100": (0.5071, 0.4865, 0.4409)}
 CIFAR_STD = {"cifar10": (0.2470, 0.2435, 0.2616), "cifar100": (0.2673, 0.2564, 0.2762)}
@@ -251,8 +252,13 @@ def stratified_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(keep))
 
 
-def build_data(cfg: dict[str, Any]) -> DataBundle:
-    """Load the configured dataset, apply label noise and duplicates, and build the datasets."""
+def build_data(cfg: dict[str, Any], recorded_labels: np.ndarray | None = None) -> DataBundle:
+    """Load the configured dataset, apply label noise and duplicates, and build the datasets.
+
+    noise.kind=instance reads the reference run (and fills in `noise.reference_identity` of `cfg`) unless
+    `recorded_labels` (N,), the run record's given labels, are passed (later stages). data.folds > 1 leaves the
+    fold data.holdout_fold out of the training set (`record['parent_index']`: each kept sample's position in the
+    whole training set)."""
     d, nz = cfg["data"], cfg["noise"]
     name = d["name"]
     if name not in DATASETS:
@@ -294,7 +300,10 @@ def build_data(cfg: dict[str, Any]) -> DataBundle:
     ytr, yte = np.asarray(ytr, np.int64), np.asarray(yte, np.int64)
     k = len(classes)
 
-    given = corrupt_labels(ytr, k, nz["kind"], nz["rate"], nz["seed"], classes)
+    if nz["kind"] == "instance":
+        given = instance_noise(cfg, ytr, recorded_labels)
+    else:
+        given = corrupt_labels(ytr, k, nz["kind"], nz["rate"], nz["seed"], classes)
     n = len(ytr)
     source = np.arange(n)
     true, dup, dup_of = ytr, np.zeros(n, bool), np.full(n, -1, np.int64)
@@ -306,6 +315,11 @@ def build_data(cfg: dict[str, Any]) -> DataBundle:
         dup = np.concatenate([dup, np.ones(len(src), bool)])
         dup_of = np.concatenate([dup_of, src])
 
+    keep = None
+    if d["folds"]:
+        arrays = {"source": source, "given": given, "true": true, "dup": dup, "dup_of": dup_of}
+        keep = holdout(arrays, d)
+        source, given, true, dup, dup_of = (arrays[a] for a in ("source", "given", "true", "dup", "dup_of"))
     augment = d["augment"] and name != "digits"
     train = IndexedDataset(xtr, source, given, true, mk(augment), dup, dup_of)
     train_eval = train.with_transform(mk(False))
@@ -330,6 +344,12 @@ def build_data(cfg: dict[str, Any]) -> DataBundle:
     }
     if name in ("imagefolder", "imagenet"):  # where each source image lives, relative to data.root/data.folder
         record["source_files"] = [os.path.relpath(p, base) for p in ptr]
+    if nz["kind"] == "instance":
+        record.update(noise_reference=nz["reference"], noise_reference_identity=nz["reference_identity"],
+                      noise_rule=INSTANCE_RULE)
+    if keep is not None:
+        record.update(folds=d["folds"], holdout_fold=d["holdout_fold"], fold_seed=d["fold_seed"],
+                      parent_index=torch.from_numpy(keep))
     return DataBundle(train, train_eval, test, k, sample.shape[0], sample.shape[-1], list(classes), record)
 
 

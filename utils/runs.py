@@ -41,6 +41,7 @@ _EPOCH_RE = re.compile(r"epoch_(\d{3,})\.pt$")
 RECORDED = ("data", "noise", "model", "train")  # sections the run record owns
 DATA_LOCATION = ("data.root", "data.folder", "data.num_workers")  # may differ from the record: where data lives now
 RECORD_KEYS = ("index", "given_labels", "true_labels", "is_noisy", "is_duplicate", "duplicate_of", "source_index")
+OPTIONAL_RECORD_KEYS = ("parent_index",)  # fold runs (data.folds > 1): each sample's position in the whole training set
 
 
 # ----------------------------------------------------------------------------- paths
@@ -144,13 +145,14 @@ def record_to_numpy(record: dict[str, Any]) -> dict[str, Any]:
 
 def write_run_record(rdir: Path, cfg: dict[str, Any], record: dict[str, Any], identity: str) -> None:
     """run.json (config, identity, data set description) + record.npz (per-sample arrays)."""
-    meta = {k: v for k, v in record.items() if k not in RECORD_KEYS and k != "source_files"}
+    meta = {k: v for k, v in record.items() if k not in RECORD_KEYS + OPTIONAL_RECORD_KEYS + ("source_files",)}
     files = {"source_files": np.asarray(record["source_files"], dtype=str)} if "source_files" in record else {}
     public = {k: v for k, v in cfg.items() if not k.startswith("_")}
     write_text(Path(rdir) / "run.json", json.dumps({"format_version": FORMAT_VERSION, "identity": identity,
                                                    "config": public, "data": meta, "platform": platform()},
                                                   indent=1) + "\n")
-    save_npz(Path(rdir) / "record.npz", **{k: np.asarray(record[k]) for k in RECORD_KEYS}, **files)
+    save_npz(Path(rdir) / "record.npz", **{k: np.asarray(record[k]) for k in RECORD_KEYS + OPTIONAL_RECORD_KEYS
+                                           if k in record}, **files)
 
 
 def platform() -> dict[str, Any]:
@@ -170,7 +172,8 @@ def read_run_record(rdir: Path) -> tuple[dict[str, Any], dict[str, Any], str]:
         except json.JSONDecodeError as e:
             raise UserError(f"{rdir / 'run.json'} is corrupt ({e.msg} at line {e.lineno}); retrain the run") from None
         arrays = load_npz(rdir / "record.npz", "retrain the run", require=("index", "given_labels"))
-        record = {**head["data"], **{k: torch.from_numpy(arrays[k]) for k in RECORD_KEYS}}
+        record = {**head["data"], **{k: torch.from_numpy(arrays[k]) for k in RECORD_KEYS + OPTIONAL_RECORD_KEYS
+                                     if k in arrays}}
         if "source_files" in arrays:  # folder data: each source image's path relative to data.root/data.folder
             record["source_files"] = arrays["source_files"]
         return head["config"], record, head["identity"]
@@ -273,8 +276,11 @@ class Run:
     @functools.cached_property
     def data(self) -> DataBundle:
         """The run's own data set (built from the record's config, never downloaded), labels checked."""
-        data = build_data(self.cfg)
-        if not torch.equal(data.record["given_labels"], self.record["given_labels"]):
+        n = self.cfg["noise"]
+        recorded = self.record["given_labels"].numpy() if n["kind"] == "instance" and not self.cfg["data"]["folds"] \
+            else None  # instance noise: the recorded labels, so the reference run is not needed any more
+        data = build_data(self.cfg, recorded)
+        if not all(torch.equal(data.record[k], self.record[k]) for k in ("given_labels", "true_labels")):
             raise UserError(f"the data under {self.cfg['data']['root'] or '$DATA_ROOT'} gives run {self.name} "
                             "other labels than it was trained on; point data.root / $DATA_ROOT at its data")
         return data

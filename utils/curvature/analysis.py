@@ -9,10 +9,12 @@ Baselines (from the training statistics, per sample on the un-augmented train se
 - loss_final; cumulative_loss = sum of the per-epoch losses;
 - learning_time = first epoch from which the sample stays correctly classified (E + 1 if wrong at the end);
 - in_confidence = mean over epochs of 1 - p(given label) = 1 - exp(-loss); neg_margin at the final epoch;
-- confident_learning (cleanlab): 1 - self-confidence label quality of out-of-sample probabilities (digits:
-  K-fold cross-validated MLPs, `utils.curvature.ensemble.cv_probabilities`, cached in analysis/cl_probs.npz;
-  other data: the run's checkpoint with the best test accuracy, which saw every training label), plus
-  cleanlab's binary `find_label_issues` flag (confident_learning_flag).
+- confident_learning (cleanlab): 1 - self-confidence label quality of the probabilities `analysis.cl_probs` names:
+  `cv` K fold runs of the run's own recipe (`utils.curvature.crossval`, out-of-sample, any data set, costs K
+  trainings), `cv_mlp` K-fold cross-validated MLPs on flattened pixels (`utils.curvature.ensemble.cv_probabilities`),
+  `best` the run's checkpoint with the best test accuracy (in-sample: it saw every training label), `auto` = cv_mlp
+  on digits, best otherwise; cross-validated ones are cached in analysis/cl_probs.npz. Plus cleanlab's binary
+  `find_label_issues` flag (confident_learning_flag).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from ..io import load_npz, save_npz, write_table
 from ..metrics import auprc, auroc
 from ..runs import Run, open_run
 from . import plots
+from .crossval import recipe_cv_probabilities, source_sentence
 from .ensemble import MLPSpec, cv_probabilities, default_device, train_matrix
 
 SCORE_FILE = "curvature.npz"
@@ -172,21 +175,35 @@ def checkpoint_probabilities(run: Run, epoch: int, ds: Any, batch_size: int = 51
 def cl_probabilities(run: Run, stats: dict[str, np.ndarray], progress: bool = True) -> tuple[np.ndarray, str]:
     """Probabilities for Confident Learning and a sentence saying where they come from.
 
-    Cross-validated probabilities are cached in analysis/cl_probs.npz (reused while settings and labels match)."""
+    Cross-validated probabilities are cached in analysis/cl_probs.npz (reused while settings and labels match):
+    `probs` (N, C), `labels` (N,), `seed`, `source` (the sentence), and for `cv` also `fold` (N,) (the fold run
+    that predicted each sample) and `identity` (the run's). `cv` trains K fold runs of the run's recipe (about K-1
+    times the run's own training); `cv_mlp` K small MLPs (seconds on digits)."""
     cfg = run.cfg
     a, t, m = cfg["analysis"], cfg["train"], cfg["model"]
     mode = a["cl_probs"]
     if mode == "auto":
-        mode = "cv" if cfg["data"]["name"] == "digits" else "best"
-    bundle = run.data
+        mode = "cv_mlp" if cfg["data"]["name"] == "digits" else "best"
+    cache = run.scores / "analysis" / "cl_probs.npz"
     if mode == "cv":
+        y, source = run.record["given_labels"].numpy(), source_sentence(run, a["cv_folds"], a["seed"])
+        if cache.is_file():
+            z = load_npz(cache)
+            if str(z["source"]) == source and int(z["seed"]) == a["seed"] and np.array_equal(z["labels"], y) \
+                    and str(z.get("identity", "")) == run.identity:
+                return z["probs"], source
+        probs, fold = recipe_cv_probabilities(run, a["cv_folds"], a["seed"])
+        save_npz(cache, probs=probs, labels=y, seed=np.int64(a["seed"]), source=np.array(source), fold=fold,
+                 identity=np.array(run.identity))
+        return probs, source
+    bundle = run.data
+    if mode == "cv_mlp":
         x, y = train_matrix(bundle.train_eval)
         width = (m["width"] or 128) if m["name"] == "digits_mlp" else 256
         spec = MLPSpec(width, t["epochs"], t["lr"], t["momentum"], t["batch_size"], t["weight_decay"])
         source = (f"out-of-sample {a['cv_folds']}-fold cross-validated probabilities (stratified folds; an MLP "
                   f"{x[0].numel()}-{width}-{width}-{bundle.num_classes} per fold, {t['epochs']} epochs, lr {t['lr']}, "
                   f"batch {t['batch_size']}, trained on the other folds' given labels)")
-        cache = run.scores / "analysis" / "cl_probs.npz"
         if cache.is_file():
             z = load_npz(cache)
             if str(z["source"]) == source and int(z["seed"]) == a["seed"] and np.array_equal(z["labels"], y.numpy()):
@@ -196,7 +213,7 @@ def cl_probabilities(run: Run, stats: dict[str, np.ndarray], progress: bool = Tr
         save_npz(cache, probs=probs, labels=y.numpy(), seed=np.int64(a["seed"]), source=np.array(source))
         return probs, source
     if mode != "best":
-        raise UserError(f"analysis.cl_probs must be auto, cv, best or none, got {mode!r}")
+        raise UserError(f"analysis.cl_probs must be auto, cv, cv_mlp, best or none, got {mode!r}")
     saved = set(run.epochs)
     acc = {int(e): float(a_) for e, a_ in zip(stats["epochs"], stats["test_acc"]) if int(e) in saved}
     if not acc:
