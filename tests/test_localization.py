@@ -521,3 +521,22 @@ def test_scripts_study_the_report(sel_run):
     r = run_script("layer_retraining.py", "run=tiny", *common, "localization.examples=noisy.csv")
     assert r.returncode == 2 and len(r.stderr.splitlines()) == 1
     assert r.stderr.startswith("error: localization.examples=noisy.csv: no such CSV file")
+
+
+def test_gradient_accounting_counts_the_csv_examples(tiny, tmp_path):
+    from utils.errors import UserError
+    from utils.localization.accounting import run_gradient_accounting
+
+    picks = [0, 7, 31, 64, 150, 299]
+    (tmp_path / "picks.csv").write_text("index\n" + "".join(f"{i}\n" for i in picks))
+    cfg = tiny("run=tiny_ga", "train.epochs=1", f"localization.examples={tmp_path / 'picks.csv'}")
+    path = run_gradient_accounting(cfg)
+    assert path.parent.name == "csv_picks"
+    z = np.load(path)
+    assert z["n_noisy"].sum() == len(picks) and z["n_clean"].sum() == 300 - len(picks)  # each example once an epoch
+    assert np.flatnonzero(z["studied"]).tolist() == picks
+    assert "| (csv picks.csv share of examples) |" in (path.parent / "accounting.md").read_text()
+    assert "studied_share" in (path.parent / "accounting.csv").read_text().splitlines()[0]
+    with pytest.raises(UserError, match="gradient accounting records while it trains the run, so run tiny_ga2 has no "
+                                        "memorization report yet"):
+        run_gradient_accounting(tiny("run=tiny_ga2", "train.epochs=1", "localization.examples=report"))
