@@ -23,8 +23,8 @@ from ..runs import list_checkpoints, record_to_numpy, run_dir
 from ..train import train
 from .groups import layer_groups, merge_groups
 from .methods import out_dir, pct, print_summary, selection_suffix
-from .report import NAMES, plot_accounting, write_accounting_md
-from .selection import Selection, caption, check_source, relabel, resolve_selection, write_selection
+from .report import plot_accounting, write_accounting_md
+from .selection import NAMES, Selection, caption, check_source, relabel, resolve_selection, write_selection
 
 ROW_KEYS = ("epoch", "step", "n_clean", "n_noisy", "clean_sq", "noisy_sq", "dot")
 

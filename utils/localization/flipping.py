@@ -19,8 +19,7 @@ from ..models import forward, per_sample_loss
 from ..runs import Run, open_run
 from .groups import UnitMasks, hidden_groups, layer_groups, per_unit_sum
 from .methods import final_model, out_dir, pct, print_summary, selection_suffix, write_rows
-from .report import NAMES
-from .selection import relabel, selection
+from .selection import NAMES, relabel, selection
 
 
 def unit_effects(model: nn.Module, masks: UnitMasks, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -35,7 +35,7 @@ from ..runs import Run, open_run, score_dir
 from ..train import train
 from .etd import MODES, etd_layers, etd_mode
 from .groups import LayerGroup, frozen_except, layer_groups, merge_groups
-from .selection import Selection, caption, check_source, relabel, selection, selection_tag, write_selection
+from .selection import NAMES, Selection, caption, check_source, relabel, selection, selection_tag, write_selection
 
 
 # ----------------------------------------------------------------------------- shared helpers
@@ -65,12 +65,13 @@ def print_summary(title: str, lines: Iterable[str], paths: Iterable[Path]) -> st
     return text
 
 
-def title(text: str, sel: Selection) -> str:
+def figure_title(text: str, sel: Selection) -> str:
     """A figure title naming a non-default selection: 'layer rewinding: report top-100'."""
     return text if sel.default else f"{text}: {sel.label}"
 
 
 def selection_suffix(sel: Selection) -> str:
+    """What a summary's title adds under a non-default selection: ' (report top-100 vs the other examples)'."""
     return "" if sel.default else f" ({sel.label} vs the other examples)"
 
 
@@ -123,7 +124,7 @@ def groups_for(model: nn.Module, cfg: dict[str, Any]) -> list[LayerGroup]:
     return merge_groups(layer_groups(model), int(cfg["localization"]["group_depth"]))
 
 
-def _final_line(row: dict[str, Any], names: tuple[str, str] = ("noisy", "clean")) -> str:
+def _final_line(row: dict[str, Any], names: tuple[str, str] = NAMES) -> str:
     return (f"final model (epoch {row['epoch']}): {names[1]} {pct(row['clean_acc'])}, {names[0]} "
             f"{pct(row['noisy_acc'])} memorized, test {pct(row['test_acc'])}")
 
@@ -155,7 +156,7 @@ def layer_rewinding(run: Run, epochs: list[int], model: nn.Module | None = None)
     return rows
 
 
-def rewinding_summary(rows: list[dict[str, Any]], names: tuple[str, str] = ("noisy", "clean")) -> list[str]:
+def rewinding_summary(rows: list[dict[str, Any]], names: tuple[str, str] = NAMES) -> list[str]:
     """Headline lines: per group, the studied (noisy) examples still memorized after rewinding it to each epoch."""
     body = [r for r in rows if r["group"] != "(none)"]
     epochs = list(dict.fromkeys(r["epoch"] for r in body))
@@ -178,7 +179,7 @@ def run_layer_rewinding(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     if run.dist.is_main:
         out = out_dir(run.cfg)
         paths = [*write_rows(out, "rewinding", rows, sel),
-                 plot_rewinding(rows, out / "rewinding.png", title("layer rewinding", sel), sel.names)]
+                 plot_rewinding(rows, out / "rewinding.png", figure_title("layer rewinding", sel), sel.names)]
         print_summary(f"layer rewinding of {run.name}{selection_suffix(sel)}", rewinding_summary(rows, sel.names), paths)
     return rows
 
@@ -235,7 +236,7 @@ def layer_retraining(run: Run, from_epoch: int, epochs: int, lr: float, only: li
     return rows
 
 
-def retraining_summary(rows: list[dict[str, Any]], names: tuple[str, str] = ("noisy", "clean")) -> list[str]:
+def retraining_summary(rows: list[dict[str, Any]], names: tuple[str, str] = NAMES) -> list[str]:
     """Headline lines: per group, studied (noisy) still memorized and test accuracy after retraining it alone."""
     body = [r for r in rows if r["group"] != "(none)"]
     w = max([len(r["group"]) for r in body] + [5])
@@ -280,7 +281,7 @@ def etd_accuracy(run: Run, model: nn.Module | None = None) -> list[dict[str, Any
     return rows
 
 
-def etd_summary(rows: list[dict[str, Any]], names: tuple[str, str] = ("noisy", "clean")) -> list[str]:
+def etd_summary(rows: list[dict[str, Any]], names: tuple[str, str] = NAMES) -> list[str]:
     """Headline lines: studied (noisy) examples memorized in each mode, and test accuracy."""
     lines = [f"{names[0]} examples memorized (given label) / test accuracy per mode:"]
     lines += [f"  {r['mode']:<8} {names[0]} {pct(r['noisy_acc']):>8}   test {pct(r['test_acc']):>8}" for r in rows]

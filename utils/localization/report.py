@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..io import load_npz, markdown_table, plt, read_table, save_figure, write_text
+from .selection import NAMES
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-NAMES = ("noisy", "clean")  # (studied, reference) examples: the injected noise and the rest, unless a selection says
 
 
 def metrics(names: tuple[str, str] = NAMES) -> list[tuple[str, str]]:

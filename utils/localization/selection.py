@@ -33,6 +33,7 @@ from ..errors import UserError
 from ..io import write_text
 from ..runs import Run, _raise_or, _try, score_dir
 
+NAMES = ("noisy", "clean")  # (studied, reference) names of the default selection, in figures and summaries
 KINDS = ("noisy", "report")  # the named selections; any other value of localization.examples is a CSV path
 _NUMBER = re.compile(r"[+-]?\d+(\.0*)?")
 RENAMES = (("noisy", "studied"), ("clean", "reference"))  # column words of the tables under a non-default selection
@@ -51,7 +52,7 @@ class Selection:
     @property
     def reference(self) -> str:
         """Name of the other training examples."""
-        return "clean" if self.kind == "noisy" else "other"
+        return NAMES[1] if self.kind == "noisy" else "other"
 
     @property
     def names(self) -> tuple[str, str]:
