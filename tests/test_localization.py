@@ -370,3 +370,173 @@ def _check_summary(stdout: str, headline: str, script: str) -> None:
     from pathlib import Path
 
     assert all(Path(p).is_file() for p in paths), paths
+
+
+# ----------------------------------------------------------------------------- the examples under study
+@pytest.fixture(scope="module")
+def sel_run(tmp_path_factory):
+    """A tiny digits run (300 images, 10 % noise) and a fake memorization report of it: ranks 1..7 on
+    hand-picked indices (rows shuffled), then every other sample."""
+    from .conftest import tiny_cfg
+
+    tmp = tmp_path_factory.mktemp("sel")
+    cfg = tiny_cfg(tmp, "train.epochs=2")
+    train(cfg)
+    run = open_run(cfg)
+    given = run.record["given_labels"].numpy()
+    top = [17, 3, 250, 41, 99, 5, 123]  # ranks 1..7
+    rest = [i for i in range(len(given)) if i not in top]
+    order = top + rest
+    rows = [(r + 1, i, int(given[i])) for r, i in enumerate(order)]
+    rows = rows[3:] + rows[:3]  # not sorted by rank: the reader sorts
+    report = tmp / "curv_scores" / "tiny" / "report" / "suspects.csv"
+    report.parent.mkdir(parents=True)
+    report.write_text("rank,index,given_label\n" + "".join(f"{r},{i},{g}\n" for r, i, g in rows))
+    return cfg, top, tmp
+
+
+def _with(cfg, **loc):
+    out = copy.deepcopy(cfg)
+    out["localization"].update(loc)
+    return out
+
+
+def _acc_on(run, model, idx):
+    """Fraction of the training examples `idx` the model predicts with their given label."""
+    x = torch.stack([run.data.train_eval[int(i)][1] for i in idx])
+    with torch.no_grad():
+        pred = model.eval()(x).argmax(1)
+    return float((pred == run.record["given_labels"][idx]).float().mean())
+
+
+def test_selection_takes_the_reports_top_rows_and_csvs_of_indices(sel_run, tmp_path):
+    from utils.localization.methods import out_dir
+    from utils.localization.selection import resolve_selection
+
+    cfg, top, tmp = sel_run
+    rec = open_run(cfg).record
+    sel = resolve_selection(_with(cfg, examples="report", top=5), rec)
+    assert np.flatnonzero(sel.mask).tolist() == sorted(top[:5]) and sel.label == "report top-5"
+    assert out_dir(_with(cfg, examples="report", top=5)) == tmp / "curv_scores" / "tiny" / "localization" / "report_top5"
+    assert out_dir(cfg) == tmp / "curv_scores" / "tiny" / "localization"  # the default keeps its folder
+    plain = tmp_path / "picks.csv"
+    plain.write_text("8\n2\n8\n")  # one column, no header, a repeat
+    sel = resolve_selection(_with(cfg, examples=str(plain)), rec)
+    assert np.flatnonzero(sel.mask).tolist() == [2, 8] and sel.label == "csv picks.csv" and sel.top == 0
+    named = tmp_path / "named.csv"
+    named.write_text("note,index\na,11\nb,4\n")
+    assert np.flatnonzero(resolve_selection(_with(cfg, examples=str(named)), rec).mask).tolist() == [4, 11]
+    default = resolve_selection(cfg, rec)
+    assert np.array_equal(default.mask, rec["is_noisy"].numpy()) and default.label == "noisy"
+
+
+def test_rewinding_retraining_and_flipping_study_the_report_rows(sel_run, monkeypatch):
+    import utils.localization.methods as methods
+    from utils.localization.flipping import neuron_flipping
+
+    cfg, top, _ = sel_run
+    run = open_run(_with(cfg, examples="report", top=5))
+    studied = sorted(top[:5])
+    others = [i for i in range(len(run.record["index"])) if i not in studied]
+    model = run.load_model(-1)
+    rows = layer_rewinding(run, [0], model)
+    assert rows[0]["noisy_acc"] == _acc_on(run, model, studied)
+    assert rows[0]["clean_acc"] == _acc_on(run, model, others)
+    seen = []
+    real = methods.make_loader
+
+    def spy(ds, *a, **k):
+        seen.append(list(ds.indices))
+        return real(ds, *a, **k)
+
+    monkeypatch.setattr(methods, "make_loader", spy)
+    rows = methods.layer_retraining(run, 0, 1, 0.05, only=["fc"], model=model)
+    assert seen == [others]  # retrained on every other example, never on a studied one
+    assert len(rows) == 2 and rows[1]["group"] == "fc"
+    z = neuron_flipping(run, 2, 2, 5, 8, 0, model=model)
+    assert set(z["index"][z["studied"]].tolist()) <= set(studied) and not set(z["index"][~z["studied"]]) & set(studied)
+    assert np.array_equal(z["is_noisy"], run.record["is_noisy"].numpy()[z["index"]])  # the injected noise, kept
+
+
+def test_default_examples_equal_a_csv_of_the_noisy_indices(sel_run, tmp_path):
+    cfg, _, _ = sel_run
+    run = open_run(cfg)
+    noisy = tmp_path / "noisy.csv"
+    noisy.write_text("index\n" + "".join(f"{i}\n" for i in np.flatnonzero(run.record["is_noisy"].numpy())))
+    model = run.load_model(-1)
+    assert layer_rewinding(run, [0], model) == layer_rewinding(open_run(_with(cfg, examples=str(noisy))), [0], model)
+
+
+def test_selection_errors_are_one_line(sel_run, tmp_path):
+    from utils.errors import UserError
+    from utils.localization.selection import resolve_selection
+
+    cfg, _, _ = sel_run
+    rec = open_run(cfg).record
+    n = len(rec["index"])
+
+    def err(what, **loc):
+        with pytest.raises(UserError) as e:
+            resolve_selection(_with(cfg, **loc), what if isinstance(what, dict) else rec)
+        assert "\n" not in str(e.value)
+        return str(e.value)
+
+    def csv(name, text):
+        (tmp_path / name).write_text(text)
+        return str(tmp_path / name)
+
+    clean = {"is_noisy": torch.zeros(n, dtype=torch.bool), "given_labels": rec["given_labels"]}
+    assert err(clean) == ("run tiny has no injected noise: pass localization.examples=report or a CSV of indices")
+    nocfg = _with(cfg, examples="report")
+    nocfg["run"] = "other"
+    with pytest.raises(UserError, match=r"run other has no memorization report .*run `python memorization_report.py "
+                                        r"run=other` first"):
+        resolve_selection(nocfg, rec)
+    assert "no such CSV file" in err(None, examples=str(tmp_path / "missing.csv"))
+    assert "no column named 'index' (columns: a, b)" in err(None, examples=csv("ab.csv", "a,b\n1,2\n"))
+    assert f"index {n} is outside the run's {n} training samples" in err(None, examples=csv("big.csv", f"index\n3\n{n}\n"))
+    assert "line 3 has index 'x', not an integer" in err(None, examples=csv("x.csv", "index\n3\nx\n"))
+    assert "localization.top must be at least 1, got 0" in err(None, examples="report", top=0)
+    assert "selects no examples" in err(None, examples=csv("empty.csv", "index\n"))
+    assert "nothing is left as the reference set" in err(None, examples="report", top=n + 5)
+    g = int(rec["given_labels"][3])
+    assert "sample 3 has given_label" in err(None, examples=csv("gl.csv", f"index,given_label\n3,{(g + 1) % 10}\n"))
+
+
+def test_scripts_study_the_report(sel_run):
+    cfg, top, tmp = sel_run
+    common = [f"paths.pretrained={tmp}/pretrained", f"paths.scores={tmp}/curv_scores", f"paths.logs={tmp}/logs",
+              "localization.rewind_epochs=[0]"]
+    r = run_script("layer_rewinding.py", "run=tiny", *common, "localization.examples=report", "localization.top=5")
+    assert r.returncode == 0, r.stderr[-2000:]
+    _check_summary(r.stdout, "report top-5 still memorized after rewinding one group to epoch 0", "layer_rewinding.py")
+    out = tmp / "curv_scores" / "tiny" / "localization" / "report_top5"
+    import json
+
+    sel = json.loads((out / "selection.json").read_text())
+    assert sel["examples"] == "report" and sel["index"] == sorted(top[:5]) and sel["n_studied"] == 5
+    head = (out / "rewinding.csv").read_text().splitlines()[0]
+    assert head == "group,epoch,reference_acc,studied_acc,studied_true_acc,test_acc"
+    assert (out / "rewinding.md").read_text().startswith("studied = report top-5")
+    r = run_script("layer_retraining.py", "run=tiny", *common, "localization.examples=noisy.csv")
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1
+    assert r.stderr.startswith("error: localization.examples=noisy.csv: no such CSV file")
+
+
+def test_gradient_accounting_counts_the_csv_examples(tiny, tmp_path):
+    from utils.errors import UserError
+    from utils.localization.accounting import run_gradient_accounting
+
+    picks = [0, 7, 31, 64, 150, 299]
+    (tmp_path / "picks.csv").write_text("index\n" + "".join(f"{i}\n" for i in picks))
+    cfg = tiny("run=tiny_ga", "train.epochs=1", f"localization.examples={tmp_path / 'picks.csv'}")
+    path = run_gradient_accounting(cfg)
+    assert path.parent.name == "csv_picks"
+    z = np.load(path)
+    assert z["n_noisy"].sum() == len(picks) and z["n_clean"].sum() == 300 - len(picks)  # each example once an epoch
+    assert np.flatnonzero(z["studied"]).tolist() == picks
+    assert "| (csv picks.csv share of examples) |" in (path.parent / "accounting.md").read_text()
+    assert "studied_share" in (path.parent / "accounting.csv").read_text().splitlines()[0]
+    with pytest.raises(UserError, match="gradient accounting records while it trains the run, so run tiny_ga2 has no "
+                                        "memorization report yet"):
+        run_gradient_accounting(tiny("run=tiny_ga2", "train.epochs=1", "localization.examples=report"))

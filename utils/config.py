@@ -132,6 +132,10 @@ DEFAULTS: dict[str, Any] = {
         "batch_size": 512,  # evaluation batch size
         "eval_subset": 0,  # >0: accuracies on the first k training and the first k test images only
         "retrain_examples": 0,  # >0: retrain on the first k clean training examples only
+        # the examples under study ("memorized"; the rest are the reference set): noisy (the injected noise) |
+        # report (the top rows of curv_scores/<run>/report/suspects.csv) | path of a CSV of indices (column `index`)
+        "examples": "noisy",
+        "top": 100,  # rows taken from the report (or from a CSV with a `rank` column), best-ranked first
         "seed": 0,
     },
     "report": {  # memorization_report.py (utils/report/; docs/report.md)

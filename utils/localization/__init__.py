@@ -1,6 +1,8 @@
 """Localizing memorization (Maini et al., ICML 2023).
 
 - `groups`: layer groups read off a model's module tree, unit masks;
+- `selection`: the examples under study (`localization.examples`: injected noise, a memorization report's top
+  rows, or a CSV of indices), `studied_examples(run)`; every method takes its "noisy" set from it;
 - `methods`: shared helpers (`split_accuracy`, `out_dir`), layer rewinding, layer retraining, the evaluation
   of example-tied dropout;
 - `accounting`: gradient accounting (a training callback);

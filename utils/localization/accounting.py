@@ -1,5 +1,6 @@
 """Gradient accounting (Maini et al., ICML 2023): how much of each layer group's gradient comes from
-the mislabeled examples, recorded during training by a `utils.callbacks.Callback` (no second pass).
+the mislabeled examples (or any examples under study, `localization.examples`; "noisy" / "clean" in the array
+names = studied / reference), recorded during training by a `utils.callbacks.Callback` (no second pass).
 
 The per-step sums stay on the device: each accounted step adds one (3 * G + 1,) float64 tensor (clean
 and noisy squared norms and their dot product per group, then the number of noisy examples), with no
@@ -7,6 +8,7 @@ host synchronisation; they are moved to the host once per epoch, when the rows a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +22,9 @@ from ..io import load_npz, save_npz, write_table
 from ..runs import list_checkpoints, record_to_numpy, run_dir
 from ..train import train
 from .groups import layer_groups, merge_groups
-from .methods import out_dir, pct, print_summary
+from .methods import out_dir, pct, print_summary, selection_suffix
 from .report import plot_accounting, write_accounting_md
+from .selection import NAMES, Selection, caption, check_source, relabel, resolve_selection, write_selection
 
 ROW_KEYS = ("epoch", "step", "n_clean", "n_noisy", "clean_sq", "noisy_sq", "dot")
 
@@ -30,10 +33,13 @@ class GradientAccounting(Callback):
     """Per optimizer step and layer group: squared norms of the gradients of the clean and the noisy
     examples' share of the batch loss and their dot product (clean + noisy = the step's gradient).
     Single process only (per-rank partial gradients would need an all-reduce of whole gradients).
-    Rows are saved to `path` (.npz) after every epoch; a resumed run keeps the rows up to its epoch."""
+    Rows are saved to `path` (.npz) after every epoch; a resumed run keeps the rows up to its epoch.
+    `select(record) -> Selection` chooses the "noisy" examples (default: the record's is_noisy)."""
 
-    def __init__(self, path: Path, every: int = 1, group_depth: int = 0, keep_last: bool = False) -> None:
+    def __init__(self, path: Path, every: int = 1, group_depth: int = 0, keep_last: bool = False,
+                 select: Callable[[dict[str, Any]], Selection] | None = None) -> None:
         self.path, self.every, self.depth, self.keep_last = Path(path), max(1, every), group_depth, keep_last
+        self.select, self.selection = select, None
         self.rows: dict[str, list] = {k: [] for k in ROW_KEYS}  # host rows (flushed epochs)
         self.pending: list[tuple[int, int, int, torch.Tensor]] = []  # (epoch, step, batch size, sums on the device)
         self.last: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
@@ -47,7 +53,11 @@ class GradientAccounting(Callback):
         self.params = [named[k] for g in self.groups for k in g.params]
         self.owner_ids = [i for i, g in enumerate(self.groups) for _ in g.params]  # group of each parameter
         self.owner = torch.tensor(self.owner_ids, dtype=torch.int64)
-        self.noisy = state.data.record["is_noisy"].to(dev)
+        if self.select is None:
+            self.noisy = state.data.record["is_noisy"].to(dev)
+        else:
+            self.selection = self.select(state.data.record)
+            self.noisy = torch.as_tensor(self.selection.mask).to(dev)
         if self.path.is_file() and state.epoch > 0:
             z = load_npz(self.path)
             keep = z["epoch"] <= state.epoch
@@ -101,11 +111,12 @@ class GradientAccounting(Callback):
         g = len(self.groups)
         arr = lambda k, dt: np.asarray(self.rows[k], dt)  # noqa: E731
         mat = lambda k: np.asarray(self.rows[k], np.float64).reshape(-1, g)  # noqa: E731
+        extra = {} if self.selection is None or self.selection.default else {"studied": self.selection.mask}
         return save_npz(self.path, epoch=arr("epoch", np.int64), step=arr("step", np.int64),
                         n_clean=arr("n_clean", np.int64), n_noisy=arr("n_noisy", np.int64), clean_sq=mat("clean_sq"),
                         noisy_sq=mat("noisy_sq"), dot=mat("dot"), group_names=np.array([x.name for x in self.groups]),
                         group_params=np.array([len(x.params) for x in self.groups], np.int64),
-                        **record_to_numpy(record))
+                        **record_to_numpy(record), **extra)
 
 
 def accounting_summary(z: dict[str, np.ndarray]) -> list[dict[str, Any]]:
@@ -127,7 +138,7 @@ def accounting_summary(z: dict[str, np.ndarray]) -> list[dict[str, Any]]:
     return rows
 
 
-def headline(rows: list[dict[str, Any]]) -> list[str]:
+def headline(rows: list[dict[str, Any]], names: tuple[str, str] = NAMES) -> list[str]:
     """Summary lines: per group, the noisy share of the gradient norm in the first and the last epoch."""
     epochs = sorted({r["epoch"] for r in rows})
     if not epochs:
@@ -137,8 +148,8 @@ def headline(rows: list[dict[str, Any]]) -> list[str]:
     groups = list(dict.fromkeys(r["group"] for r in rows))
     share = {r["epoch"]: r["data_share"] for r in rows}
     w = max([len(g) for g in groups] + [5])
-    lines = [f"noisy share of the gradient norm, epoch {first} -> epoch {last} "
-             f"(noisy share of the examples {pct(share[first])} -> {pct(share[last])}):"]
+    lines = [f"{names[0]} share of the gradient norm, epoch {first} -> epoch {last} "
+             f"({names[0]} share of the examples {pct(share[first])} -> {pct(share[last])}):"]
     lines += [f"  {g:<{w}}  {pct(at[(g, first)]['noisy_share']):>8} -> {pct(at[(g, last)]['noisy_share']):>8}"
               for g in groups]
     return lines
@@ -152,12 +163,17 @@ def run_gradient_accounting(cfg: dict[str, Any]) -> Path:
     done = list_checkpoints(run_dir(cfg))
     if done and done[-1][0] >= cfg["train"]["epochs"] and not path.is_file():
         raise UserError(f"run {cfg['run']} is already trained without gradient accounting; pass run=<new name>")
+    check_source(cfg, "gradient accounting records while it trains the run")
     loc = cfg["localization"]
-    train(cfg, [GradientAccounting(path, loc["accounting_every"], loc["group_depth"])])
+    select = lambda record: resolve_selection(cfg, record)  # noqa: E731
+    train(cfg, [GradientAccounting(path, loc["accounting_every"], loc["group_depth"], select=select)])
     if not setup().is_main:
         return path
-    rows = accounting_summary(load_npz(path, f"train with gradient accounting first (gradient_accounting.py run={cfg['run']})"))
-    paths = [path, *write_table(out / "accounting", rows, markdown=False), write_accounting_md(rows, out / "accounting.md"),
-             plot_accounting(rows, out / "accounting.png")]
-    print_summary(f"gradient accounting of {cfg['run']}", headline(rows), paths)
+    z = load_npz(path, f"train with gradient accounting first (gradient_accounting.py run={cfg['run']})")
+    sel = select({"is_noisy": z["is_noisy"], "given_labels": z["given_label"]})
+    rows = accounting_summary(z)
+    paths = [path, *write_table(out / "accounting", relabel(rows, sel), markdown=False),
+             write_accounting_md(rows, out / "accounting.md", names=sel.names, head=caption(sel)),
+             plot_accounting(rows, out / "accounting.png", sel.names), write_selection(out, sel)]
+    print_summary(f"gradient accounting of {cfg['run']}{selection_suffix(sel)}", headline(rows, sel.names), paths)
     return path

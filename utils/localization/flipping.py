@@ -1,5 +1,7 @@
 """Neuron flipping (Maini et al., ICML 2023): how many units must be zeroed before a training example's
-prediction leaves its given label; few for memorized (mislabeled) examples, many for clean ones."""
+prediction leaves its given label; few for memorized (mislabeled) examples, many for clean ones. The examples
+flipped are drawn from the examples under study (`localization.examples`, default the injected noise) and from
+the reference set (the rest; the reference batch too)."""
 
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ from ..io import save_npz, write_table
 from ..models import forward, per_sample_loss
 from ..runs import Run, open_run
 from .groups import UnitMasks, hidden_groups, layer_groups, per_unit_sum
-from .methods import final_model, out_dir, pct, print_summary
+from .methods import final_model, out_dir, pct, print_summary, selection_suffix, write_rows
+from .selection import NAMES, relabel, selection
 
 
 def unit_effects(model: nn.Module, masks: UnitMasks, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,10 +63,11 @@ def flip_example(model: nn.Module, masks: UnitMasks, x: torch.Tensor, y: int, re
 
 def neuron_flipping(run: Run, n_clean: int, n_noisy: int, max_units: int, batch: int, refresh: int,
                     test_subset: int = 0, seed: int = 0, model: nn.Module | None = None) -> dict[str, np.ndarray]:
-    """Flip distinct sampled clean and noisy training examples that the final model predicts with their
-    given label. Returns arrays: per example (index, is_noisy, flipped, n_units (-1 if not flipped),
-    test_acc), per zeroed unit (unit_example = position in the example arrays, unit_group, unit_id),
-    and per group (group_names, group_units); test_acc_base. `model`: default the run's final model."""
+    """Flip distinct sampled reference (`n_clean`) and studied (`n_noisy`) training examples that the final
+    model predicts with their given label. Returns arrays: per example (index, is_noisy = injected noise,
+    flipped, n_units (-1 if not flipped), test_acc; under a selection other than the injected noise also
+    `studied`), per zeroed unit (unit_example = position in the example arrays, unit_group, unit_id), and per
+    group (group_names, group_units); test_acc_base. `model`: default the run's final model."""
     model = (final_model(run) if model is None else model).eval()
     dev = run.dist.device
     for p in model.parameters():
@@ -73,7 +77,8 @@ def neuron_flipping(run: Run, n_clean: int, n_noisy: int, max_units: int, batch:
     bs = run.cfg["localization"]["batch_size"]
     pred = predict(model, ds, run.dist, bs)
     ok = (pred == rec["given_labels"]).numpy()
-    noisy = rec["is_noisy"].numpy()
+    sel = selection(run)
+    noisy = sel.mask
     rng = np.random.default_rng(seed)
     pick = lambda m, k: rng.permutation(np.flatnonzero(m))[:k]  # noqa: E731
     targets = np.concatenate([pick(ok & ~noisy, n_clean), pick(ok & noisy, n_noisy)]).astype(np.int64)
@@ -103,8 +108,10 @@ def neuron_flipping(run: Run, n_clean: int, n_noisy: int, max_units: int, batch:
             u_ex.append(pos)
             u_group.append(gi)
             u_id.append(u - int(offsets[gi]))
+    extra = {} if sel.default else {"studied": noisy[targets]}
     return {
-        "index": targets, "is_noisy": noisy[targets], "flipped": np.array(flipped, bool),
+        "index": targets, "is_noisy": np.asarray(rec["is_noisy"], bool)[targets], **extra,
+        "flipped": np.array(flipped, bool),
         "n_units": np.array(n_units, np.int64), "test_acc": np.array(test_acc, np.float64),
         "test_acc_base": np.array(base), "unit_example": np.array(u_ex, np.int64), "unit_group": np.array(u_group, np.int64),
         "unit_id": np.array(u_id, np.int64), "group_names": np.array([g.name for g in groups]),
@@ -112,13 +119,19 @@ def neuron_flipping(run: Run, n_clean: int, n_noisy: int, max_units: int, batch:
     }
 
 
-def flipping_summary(z: dict[str, np.ndarray]) -> list[dict[str, Any]]:
-    """Per kind (clean / noisy): examples, fraction flipped, median units (unflipped count as
-    max_units + 1), mean units over flipped, mean test-accuracy cost in points; on the noisy row the
-    one-sided Mann-Whitney p-value that noisy examples need fewer units than clean ones."""
+def studied_of(z: dict[str, np.ndarray]) -> np.ndarray:
+    """Which flipped examples were under study: `studied`, or the injected noise (the default selection)."""
+    return z["studied"] if "studied" in z else z["is_noisy"]
+
+
+def flipping_summary(z: dict[str, np.ndarray], names: tuple[str, str] = NAMES) -> list[dict[str, Any]]:
+    """Per kind (clean / noisy = reference / studied, named by `names`): examples, fraction flipped, median
+    units (unflipped count as max_units + 1), mean units over flipped, mean test-accuracy cost in points; on
+    the noisy row the one-sided Mann-Whitney p-value that noisy examples need fewer units than clean ones."""
     rows = []
     cap = int(z["max_units"])
-    for kind, sel in (("clean", ~z["is_noisy"]), ("noisy", z["is_noisy"])):
+    studied = studied_of(z)
+    for kind, sel in ((names[1], ~studied), (names[0], studied)):
         n = z["n_units"][sel]
         cens = np.where(n < 0, cap + 1, n)
         rows.append({"examples": kind, "count": int(sel.sum()),
@@ -128,7 +141,7 @@ def flipping_summary(z: dict[str, np.ndarray]) -> list[dict[str, Any]]:
                      "test_acc_cost_pts": float(100 * (z["test_acc_base"] - z["test_acc"][sel]).mean()) if sel.any()
                      else float("nan")})
     cens = np.where(z["n_units"] < 0, cap + 1, z["n_units"])
-    a, b = cens[z["is_noisy"]], cens[~z["is_noisy"]]
+    a, b = cens[studied], cens[~studied]
     if len(a) and len(b):  # one-sided Mann-Whitney U: noisy examples need fewer units than clean ones
         from scipy.stats import mannwhitneyu
 
@@ -136,12 +149,12 @@ def flipping_summary(z: dict[str, np.ndarray]) -> list[dict[str, Any]]:
     return rows
 
 
-def flipping_headline(rows: list[dict[str, Any]]) -> list[str]:
+def flipping_headline(rows: list[dict[str, Any]], names: tuple[str, str] = NAMES) -> list[str]:
     """Summary lines: median units to flip clean vs noisy examples, flipped fraction, test-accuracy cost."""
     lines = [f"{r['examples']:<6} {r['count']} examples: median {r['median_units']:g} units to flip, "
              f"{pct(r['flipped'])} flipped, test cost {r['test_acc_cost_pts']:.2f} points" for r in rows]
     if "p_noisy_fewer" in rows[-1]:
-        lines.append(f"one-sided Mann-Whitney p (noisy need fewer units) = {rows[-1]['p_noisy_fewer']:.3g}")
+        lines.append(f"one-sided Mann-Whitney p ({names[0]} need fewer units) = {rows[-1]['p_noisy_fewer']:.3g}")
     return lines
 
 
@@ -150,16 +163,17 @@ def run_neuron_flipping(cfg: dict[str, Any]) -> dict[str, np.ndarray]:
     from .report import plot_flipping
 
     run = open_run(cfg)
-    loc = run.cfg["localization"]
+    loc, sel = run.cfg["localization"], selection(run)
     z = neuron_flipping(run, loc["flip_clean"], loc["flip_noisy"], loc["flip_max_units"], loc["flip_batch"],
                         loc["flip_refresh"], loc["flip_test_subset"], loc["seed"])
     if run.dist.is_main:
         out = out_dir(run.cfg)
         per = [{"index": int(i), "noisy": bool(nz), "flipped": bool(f), "n_units": int(n), "test_acc": float(a)}
-               for i, nz, f, n, a in zip(z["index"], z["is_noisy"], z["flipped"], z["n_units"], z["test_acc"])]
-        summary = flipping_summary(z)
-        paths = [save_npz(out / "flipping.npz", **z), *write_table(out / "flipping", per, markdown=False),
-                 *write_table(out / "flipping_summary", summary),
-                 *plot_flipping(z, out / "flipping_hist.png", out / "flipping_layers.png")]
-        print_summary(f"neuron flipping of {run.name}", flipping_headline(summary), paths)
+               for i, nz, f, n, a in zip(z["index"], studied_of(z), z["flipped"], z["n_units"], z["test_acc"])]
+        summary = flipping_summary(z, sel.names)
+        paths = [save_npz(out / "flipping.npz", **z), *write_table(out / "flipping", relabel(per, sel), markdown=False),
+                 *write_rows(out, "flipping_summary", summary, sel),
+                 *plot_flipping(z, out / "flipping_hist.png", out / "flipping_layers.png", sel.names)]
+        print_summary(f"neuron flipping of {run.name}{selection_suffix(sel)}",
+                      flipping_headline(summary, sel.names), paths)
     return z
