@@ -82,8 +82,14 @@ def _scored(tmp, *overrides):
     return cfg
 
 
-def test_report_on_a_noisy_run_ranks_every_sample_and_measures_the_ranking(tmp_path):
-    cfg = _scored(tmp_path, "noise.kind=symmetric", "noise.rate=0.2", "report.probs=best")
+@pytest.fixture(scope="module")
+def noisy(tmp_path_factory):
+    """One tiny digits run with 20 % symmetric noise, trained and scored, shared by the tests below."""
+    return _scored(tmp_path_factory.mktemp("noisy"), "noise.kind=symmetric", "noise.rate=0.2", "report.probs=best")
+
+
+def test_report_on_a_noisy_run_ranks_every_sample_and_measures_the_ranking(noisy):
+    cfg = noisy
     res = make_report(cfg, progress=False, html=False)
     rows = read_csv(res["out_dir"] / "suspects.csv")
     assert len(rows) == 300 and [int(r["rank"]) for r in rows] == list(range(1, 301))
@@ -105,16 +111,14 @@ def test_report_on_a_clean_run_has_nothing_to_grade_but_still_answers(tmp_path):
     assert sum(res["counts"].values()) == 300
 
 
-def test_report_errors_are_one_line_each(tmp_path):
-    cfg = tiny_cfg(tmp_path, "run=never")
+def test_report_errors_are_one_line_each(tmp_path, noisy):
     with pytest.raises(UserError, match="train it first"):
-        make_report(cfg, progress=False, html=False)
-    cfg = make_run(tmp_path / "b")
+        make_report(tiny_cfg(tmp_path, "run=never"), progress=False, html=False)
     with pytest.raises(UserError, match="score the run first"):
-        make_report(cfg, progress=False, html=False)
-    write_scores(cfg, np.ones(300))
+        make_report({**noisy, "paths": {**noisy["paths"], "scores": str(tmp_path / "none")}}, progress=False,
+                    html=False)
     with pytest.raises(UserError, match="report.probs must be"):
-        make_report({**cfg, "report": {**cfg["report"], "probs": "oracle"}}, progress=False, html=False)
+        make_report({**noisy, "report": {**noisy["report"], "probs": "oracle"}}, progress=False, html=False)
 
 
 def test_report_of_folder_data_names_files_and_a_moved_image(tmp_path):
@@ -139,14 +143,15 @@ def test_a_non_image_file_in_the_folder_is_one_error_line(tmp_path):
     assert "train/b/1.png is not a readable image" in out.stderr
 
 
-def test_the_script_prints_a_summary_and_its_paths(tmp_path):
-    cfg = _scored(tmp_path, "noise.kind=symmetric", "noise.rate=0.1")
-    p = cfg["paths"]
-    out = run_script("memorization_report.py", "run=tiny", f"paths.pretrained={p['pretrained']}",
-                     f"paths.scores={p['scores']}", "report.probs=best", "report.top=20")
+def test_the_script_prints_a_summary_and_its_paths(tmp_path, noisy):
+    p = noisy["paths"]
+    scores = tmp_path / "scores"
+    shutil.copytree(p["scores"], scores)
+    args = ("memorization_report.py", "run=tiny", f"paths.pretrained={p['pretrained']}", f"paths.scores={scores}")
+    out = run_script(*args, "report.probs=best", "report.top=20")
     assert out.returncode == 0, out.stderr
     assert "categories:" in out.stdout and "suspects.csv" in out.stdout and "report.html" in out.stdout
-    shutil.rmtree(p["scores"])
-    out = run_script("memorization_report.py", "run=tiny", f"paths.pretrained={p['pretrained']}",
-                     f"paths.scores={p['scores']}")
+    assert (scores / "tiny/report/report.html").stat().st_size > 10_000
+    shutil.rmtree(scores)
+    out = run_script(*args)
     assert out.returncode == 2 and "score the run first" in out.stderr.splitlines()[-1]
