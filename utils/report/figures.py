@@ -37,13 +37,16 @@ def duplicate_pairs(first: np.ndarray, second: np.ndarray, titles: list[tuple[st
     return plots.duplicate_pairs(first, second, titles, path)
 
 
-def per_class(table: dict[str, np.ndarray], classes: list[str], top: int, path: Path) -> Path:
-    """Top-`top` suspects per given class, stacked by category, beside each class's share of the training set."""
-    k = len(classes)
+def per_class(table: dict[str, np.ndarray], classes: list[str], top: int, path: Path, most: int = 40) -> Path:
+    """Top-`top` suspects per given class, stacked by category, beside each class's share of the training set;
+    with more than `most` classes, the `most` classes holding the most suspects."""
     head = {c: table[c][:top] for c in ("given_label", "category")}
-    counts = np.array([[np.sum((head["given_label"] == y) & (head["category"] == c)) for y in range(k)]
-                       for c in CATEGORIES])
-    share = np.bincount(table["given_label"], minlength=k) / len(table["given_label"]) * min(top, len(table["rank"]))
+    nk = len(classes)
+    counts = np.stack([np.bincount(head["given_label"][head["category"] == c], minlength=nk) for c in CATEGORIES])
+    share = np.bincount(table["given_label"], minlength=nk) / len(table["given_label"]) * min(top, len(table["rank"]))
+    keep = np.arange(nk) if nk <= most else np.sort(np.argsort(-counts.sum(0), kind="stable")[:most])
+    counts, share, classes = counts[:, keep], share[keep], [classes[i] for i in keep]
+    k = len(classes)
     fig, ax = plt.subplots(figsize=(max(5.0, 0.45 * k + 2), 3.2))
     bottom = np.zeros(k)
     for c, row in zip(CATEGORIES, counts):
@@ -53,7 +56,7 @@ def per_class(table: dict[str, np.ndarray], classes: list[str], top: int, path: 
     ax.set_xticks(np.arange(k), [c[:10] for c in classes], rotation=45 if k > 10 else 0, ha="right" if k > 10 else "center",
                   fontsize=7)
     ax.set_ylabel(f"suspects in the top {top}")
-    ax.set_title("Top suspects per given class", fontsize=9)
+    ax.set_title("Top suspects per given class" + (f" (the {k} classes with most)" if nk > k else ""), fontsize=9)
     ax.legend(fontsize=6.5, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return save_figure(fig, path)
 
