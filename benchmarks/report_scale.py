@@ -37,7 +37,7 @@ def synth_run(out: Path, n: int, epochs: int, k: int, seed: int = 0) -> dict:
     files = [f"train/c{i % 16:02d}/img{i:03d}.JPEG" for i in range(256)]
     from PIL import Image
 
-    for i, f in enumerate(files):
+    for f in files:
         p = data / "imagenet" / f
         if not p.is_file():
             p.parent.mkdir(parents=True, exist_ok=True)
