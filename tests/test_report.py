@@ -15,7 +15,7 @@ from utils.report.ranking import apply_rule, precision_at_k, rank_fraction, reca
 from utils.report.table import CATEGORIES, Suggestion, best_epoch, categories, predicted_at
 from utils.runs import run_dir
 
-from .conftest import run_script, tiny_cfg, write_image_folder
+from .conftest import execute_notebook, run_script, tiny_cfg, write_image_folder
 from .test_analysis import make_run, read_csv, write_scores
 
 
@@ -155,3 +155,15 @@ def test_the_script_prints_a_summary_and_its_paths(tmp_path, noisy):
     shutil.rmtree(scores)
     out = run_script(*args)
     assert out.returncode == 2 and "score the run first" in out.stderr.splitlines()[-1]
+
+
+def test_the_notebook_shows_the_report_of_the_run_in_its_parameters_cell(noisy, tmp_path):
+    p = noisy["paths"]
+    scores = tmp_path / "scores"
+    shutil.copytree(p["scores"], scores)
+    outputs = execute_notebook("memorization_report", f"RUN = 'tiny'\nOVERRIDES = ['paths.pretrained={p['pretrained']}', "
+                                                      f"'paths.scores={scores}', 'report.probs=best']\n")
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 4
+    md = "".join(o.get("data", {}).get("text/markdown", "") for o in outputs)
+    assert "| rank |" in md and "precision_at_k" in md
+    assert (scores / "tiny/report/report.html").is_file()
