@@ -184,27 +184,38 @@ def test_own_module_from_the_working_directory_in_training_and_scoring(tmp_path)
 
 
 # ----------------------------------------------------------------------------- curvature
+def _hvp(model, x, y, v):
+    xg = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(per_sample_loss(model(xg), y).sum(), xg, create_graph=True)
+    return torch.autograd.grad(g, xg, grad_outputs=v)[0]
+
+
 def test_exact_curvature_double_backward_through_timm_fused_attention(runs):
-    """timm's attention calls the fused scaled_dot_product_attention, whose CPU kernel has no double backward; the
-    exact estimator runs it on the math kernel: the same numbers as timm's unfused attention, to 1e-12."""
+    """timm's attention calls the fused scaled_dot_product_attention, whose CPU kernel has no double backward. The
+    exact estimator and the Hessian operator run timm's unfused path (flags restored after) under the math kernel;
+    the math kernel alone, with timm's fused call kept, gives the same numbers to 1e-12."""
+    from utils.models import double_backward_attention
+
     run = open_run(_reopen(runs["vit"]))
     model = run.load_model(-1).double()
-    assert all(m.fused_attn for m in model.modules() if hasattr(m, "fused_attn"))
+    fused_flags = lambda m: [a.fused_attn for a in m.modules() if hasattr(a, "fused_attn")]  # noqa: E731
+    assert fused_flags(model) == [True]
     x = torch.stack([run.data.train_eval[i][1] for i in range(6)]).double()
     y = run.record["given_labels"][:6]
     probes = sample_probes(torch.arange(6), (1, 8, 8), 2, dtype=torch.float64)
-    fused = input_curvature(model, x, y, method="exact", probes=probes)
-    with pytest.raises(RuntimeError, match="derivative for"):  # the case the estimator handles
-        xg = x.clone().requires_grad_(True)
-        (g,) = torch.autograd.grad(per_sample_loss(model(xg), y).sum(), xg, create_graph=True)
-        torch.autograd.grad(g, xg, grad_outputs=torch.ones_like(g))
+    with pytest.raises(RuntimeError, match="derivative for"):  # the case to handle
+        _hvp(model, x, y, probes[0])
+    got = input_curvature(model, x, y, method="exact", probes=probes)
+    assert fused_flags(model) == [True]  # restored
     plain = copy.deepcopy(model)
     for m in plain.modules():
         if hasattr(m, "fused_attn"):
             m.fused_attn = False
     ref = input_curvature(plain, x, y, method="exact", probes=probes)
     for k in ("curvature", "trace"):
-        torch.testing.assert_close(fused[k], ref[k], rtol=1e-12, atol=0)
+        torch.testing.assert_close(got[k], ref[k], rtol=1e-12, atol=0)
+    with double_backward_attention():  # the kernel choice alone: timm's fused call on the math kernel
+        torch.testing.assert_close(_hvp(model, x, y, probes[0]), _hvp(plain, x, y, probes[0]), rtol=1e-12, atol=1e-15)
     fd = input_curvature(model, x, y, method="fd", h=1e-4, probes=probes)
     torch.testing.assert_close(fd["curvature"], ref["curvature"], rtol=1e-3, atol=0)
     off = official_curvature(model, x, y, h=1e-3, probes=probes)
