@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import DEFAULTS
 from .errors import UserError
 from .zoo import TIMM, build_custom, build_timm, check_name, is_external
 
@@ -282,8 +283,6 @@ def register_wrapper(name: str, fn: Wrapper, keys: tuple[str, ...] = ()) -> None
 def wrapper_modules(model_cfg: dict[str, Any]) -> list[str]:
     """The modules of the registered wrappers that this config switches on (one of their keys away from its
     default): what the run record keeps, so that a later stage imports them before rebuilding the model."""
-    from .config import DEFAULTS
-
     on = [fn.__module__ for fn, keys in _WRAPPERS.values()
           if any(model_cfg.get(k, DEFAULTS["model"].get(k)) != DEFAULTS["model"].get(k) for k in keys)]
     return sorted(set(on))
@@ -292,8 +291,6 @@ def wrapper_modules(model_cfg: dict[str, Any]) -> list[str]:
 def check_wrappers(model_cfg: dict[str, Any]) -> None:
     """A `model.*` key that no builder reads (not name, width, activation, kwargs) and no registered wrapper claims,
     set away from its default, is refused in one line: the module that reads it did not register its wrapper."""
-    from .config import DEFAULTS
-
     claimed = {k for _, keys in _WRAPPERS.values() for k in keys}
     for key, default in DEFAULTS["model"].items():
         if key not in ("name", "width", "activation", "kwargs") and key not in claimed \
