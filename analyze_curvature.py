@@ -1,5 +1,6 @@
 """AUROC/AUPRC of curvature vs baselines + figures: python analyze_curvature.py run=NAME [section.key=value ...]"""
 
+import utils.localization  # noqa: F401  (registers example-tied dropout: runs with model.etd_p_mem > 0)
 from utils.cli import run_script
 from utils.curvature.analysis import main
 

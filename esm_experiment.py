@@ -5,6 +5,8 @@ clean / memorizing rule (utils.spectral.rmt.classify) and its accuracy per step,
 
 python esm_experiment.py [--config configs/esm/digits_mlp.yaml] [section.key=value ...]"""
 
+import utils.curvature.scoring  # noqa: F401  (registers the online scorer: score.online=true)
+import utils.localization  # noqa: F401  (registers example-tied dropout: runs with model.etd_p_mem > 0)
 from utils.cli import run_script
 from utils.spectral.esm import main_grid
 

@@ -3,6 +3,7 @@
 python example_tied_dropout.py [--config F] [section.key=value ...]
 """
 
+import utils.curvature.scoring  # noqa: F401  (registers the online scorer: score.online=true)
 from utils.cli import run_script
 from utils.localization.methods import run_example_tied_dropout
 

@@ -1,5 +1,6 @@
 """Conflicting near-duplicates among the top-curvature samples: python find_duplicates.py run=NAME [section.key=value ...]"""
 
+import utils.localization  # noqa: F401  (registers example-tied dropout: runs with model.etd_p_mem > 0)
 from utils.cli import run_script
 from utils.curvature.duplicates import main
 

@@ -3,6 +3,7 @@
 python gradient_accounting.py [--config F] [section.key=value ...]
 """
 
+import utils.curvature.scoring  # noqa: F401  (registers the online scorer: score.online=true)
 from utils.cli import run_script
 from utils.localization.accounting import run_gradient_accounting
 

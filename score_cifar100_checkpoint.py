@@ -1,6 +1,7 @@
 """Score the input-loss curvature of every training sample at every saved epoch of a cifar100 run:
 python score_cifar100_checkpoint.py [--config F] [section.key=value ...]  (score.* keys; torchrun for several GPUs)"""
 
+import utils.localization  # noqa: F401  (registers example-tied dropout: runs with model.etd_p_mem > 0)
 from utils.cli import run_script
 from utils.curvature.scoring import main
 

@@ -1,6 +1,7 @@
 """Score the input-loss curvature of every training sample at every saved epoch of a digits run:
 python score_digits_checkpoint.py [--config F] [section.key=value ...]  (score.* keys; torchrun for several GPUs)"""
 
+import utils.localization  # noqa: F401  (registers example-tied dropout: runs with model.etd_p_mem > 0)
 from utils.cli import run_script
 from utils.curvature.scoring import main
 

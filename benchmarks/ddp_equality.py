@@ -1,6 +1,6 @@
 """How far 2 torchrun ranks (gloo, GlobalBatchNorm) train from one process, after 1 optimizer step and after 8.
 
-    python benchmarks/ddp_equality.py [--steps 1 8] [--out DIR]
+    python benchmarks/ddp_equality.py [--steps 1 8] [--dtype float64]
 
 The issue-17 case: CIFAR ResNet-18 (width 4, BatchNorm) on 256 digits images, global batch 32, lr 0.05, SGD.
 Printed per step count: max |w_2ranks - w_1proc| over every parameter and buffer, relative to the largest
@@ -26,10 +26,10 @@ ARGS = ["model.name=cifar_resnet18", "model.width=4", "data.subset=256", "train.
         "train.epochs=1"]
 
 
-def train(tmp: Path, run: str, steps: int, nproc: int, threads: int = 1) -> Path:
+def train(tmp: Path, run: str, steps: int, nproc: int, threads: int = 1, dtype: str = "float32") -> Path:
     cmd = [sys.executable] + (["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
                               if nproc > 1 else [])
-    cmd += [str(ROOT / "train_digits.py"), *ARGS, f"train.max_steps={steps}", f"run={run}",
+    cmd += [str(ROOT / "train_digits.py"), *ARGS, f"train.max_steps={steps}", f"run={run}", f"train.dtype={dtype}",
             f"paths.pretrained={tmp}/pre", f"paths.logs={tmp}/logs"]
     res = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
     if res.returncode:
@@ -50,12 +50,14 @@ def update_error(one: Path, two: Path) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 6, 7, 8])
+    ap.add_argument("--dtype", default="float32", choices=("float32", "float64"), help="train.dtype of every run")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         print(f"{'steps':>5}  {'2 ranks vs 1 process':>20}  {'1 process, 1 vs 2 threads':>25}")
         for s in args.steps:
-            one, two, t2 = train(tmp, f"one{s}", s, 1), train(tmp, f"two{s}", s, 2), train(tmp, f"t{s}", s, 1, 2)
+            one, two = train(tmp, f"one{s}", s, 1, dtype=args.dtype), train(tmp, f"two{s}", s, 2, dtype=args.dtype)
+            t2 = train(tmp, f"t{s}", s, 1, 2, dtype=args.dtype)
             print(f"{s:>5}  {update_error(one, two):>20.2e}  {update_error(one, t2):>25.2e}", flush=True)
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from utils.models import build_model
 from utils.runs import list_checkpoints, load_checkpoint
 
 from .conftest import ROOT, run_script, write_image_folder
@@ -55,6 +56,64 @@ def test_two_ranks_match_one_process_with_batchnorm(tmp_path):
     print(f"2 ranks vs 1 process, relative to the epoch's update: SyncBN {sync:.2e}, per-rank BN {nosync:.2e}")
     assert sync < 1e-3
     assert nosync > 1e-2  # the test can fail: BN per rank is visibly wrong
+
+
+def _param_update_ratio(pre, one: str, two: str) -> float:
+    """||p_two - p_one|| / ||p_one - p_one(epoch 0)|| over every parameter (concatenated, float64)."""
+    w0, wa, wb = (load_checkpoint(pre / run / f"epoch_00{e}.pt")["model"] for run, e in ((one, 0), (one, 1), (two, 1)))
+    model = build_model("cifar_resnet18", 10, 1, 8, 4)
+    keys = [k for k, _ in model.named_parameters()]
+    cat = lambda w: torch.cat([w[k].double().flatten() for k in keys])  # noqa: E731
+    assert wa[keys[0]].dtype == wb[keys[0]].dtype
+    return float((cat(wb) - cat(wa)).norm() / (cat(wa) - cat(w0)).norm())
+
+
+def test_float64_two_ranks_equal_one_process(tmp_path):
+    """train.dtype=float64 through the real training command: 2 gloo ranks (GlobalBatchNorm, DDP) train what one
+    process trains, a BatchNorm CIFAR ResNet-18 (width 4) on 256 digits for 8 optimizer steps of batch 32, equal to
+    1e-10 of the update (measured: ~3e-14; float32 gives ~2e-2, rounding that no float32 test can tell from a bug).
+    Any gradient or statistics bug of the multi-rank path (a missed all-reduce, per-rank BatchNorm, a wrong loss
+    scale) moves the weights by a sizeable fraction of the update."""
+    args = [f"paths.pretrained={tmp_path}/pre", f"paths.logs={tmp_path}/logs", "model.name=cifar_resnet18",
+            "model.width=4", "data.subset=256", "train.batch_size=32", "train.lr=0.05", "train.epochs=1",
+            "train.stats=false", "train.dtype=float64"]
+    one = run_script("train_digits.py", *args, "run=one", cwd=tmp_path)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = run_script("train_digits.py", *args, "run=two", cwd=tmp_path, nproc=2)
+    assert two.returncode == 0, two.stderr[-2000:]
+    ckpt = load_checkpoint(tmp_path / "pre/two/epoch_001.pt")
+    assert ckpt["step"] == 8 and ckpt["model"]["fc.weight"].dtype == torch.float64
+    ratio = _param_update_ratio(tmp_path / "pre", "one", "two")
+    print(f"float64, 2 ranks vs 1 process after 8 steps: ||p2 - p1|| / ||p1 - p0|| = {ratio:.2e}")
+    assert ratio <= 1e-10
+    assert _update_error(tmp_path, "one", "two") <= 1e-10  # every tensor, BatchNorm running statistics included
+
+
+def test_convert_sync_batchnorm_keeps_parameters():
+    """The converted layers hold the module's own Parameters and buffers (same objects: dtype, device, and an
+    optimizer built before the conversion updates the live weights); timm's BatchNormAct2d keeps its activation."""
+    from timm.layers import BatchNormAct2d
+
+    from utils.distributed import GlobalBatchNorm, GlobalBatchNormAct, convert_sync_batchnorm
+
+    model = build_model("cifar_resnet18", 10, 1, 8, 4).double()
+    bn = model.stem[1]
+    before = {id(t) for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.num_batches_tracked)}
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    model.eval()
+    out = convert_sync_batchnorm(model, torch.device("cpu"))
+    new = out.stem[1]
+    assert isinstance(new, GlobalBatchNorm) and not new.training
+    assert {id(t) for t in (new.weight, new.bias, new.running_mean, new.running_var, new.num_batches_tracked)} == before
+    assert all(p.dtype == torch.float64 for p in out.parameters()) and all(b.dtype != torch.float32 for b in out.buffers())
+    assert {id(p) for p in out.parameters()} == {id(p) for g in opt.param_groups for p in g["params"]}
+    na = BatchNormAct2d(3, act_layer=nn.ReLU).double()
+    x = torch.randn(4, 3, 2, 2, dtype=torch.float64)
+    ref = na.eval()(x)
+    conv = convert_sync_batchnorm(nn.Sequential(na), torch.device("cpu"))[0]
+    assert isinstance(conv, GlobalBatchNormAct) and conv.weight is na.weight
+    torch.testing.assert_close(conv.eval()(x), ref, rtol=0, atol=0)  # the activation is kept
+    assert (ref >= 0).all()
 
 
 def test_empty_shard_and_late_rank_do_not_hang(tmp_path):

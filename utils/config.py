@@ -51,7 +51,10 @@ DEFAULTS: dict[str, Any] = {
         "reference_identity": "",  # kind=instance: the reference's identity hash, filled in by training (leave empty)
     },
     "model": {
+        # a registered name (utils.models.MODELS), timm:<name> (timm's zoo, never pretrained) or <module>:<callable>
+        # (your own factory, importable from the working directory or PYTHONPATH); see README "Your model"
         "name": "digits_mlp", "width": 0, "activation": "",
+        "kwargs": {},  # architecture arguments of timm / <module>:<callable> models, e.g. {patch_size: 4, depth: 6}
         # example-tied dropout (localization): on when etd_p_mem > 0
         "etd_p_gen": 0.2,  # fraction of each layer's units that are always-on generalization units
         "etd_p_mem": 0.0,  # keep rate of the remaining (memorization) units, per example
@@ -79,6 +82,7 @@ DEFAULTS: dict[str, Any] = {
         "eval_batch_size": 512,
         "checkpoint_every": 1,  # save every k-th epoch (epoch 0 and the last are always saved)
         "compile": False,  # torch.compile the training forward (CUDA; evaluation and scoring stay eager)
+        "dtype": "float32",  # float32 | float64: model, batches, evaluation and scoring (float64: not with amp on CUDA)
     },
     # analyze_curvature.py / find_duplicates.py / fz_memorization.py (utils/curvature/)
     "analysis": {
@@ -171,14 +175,18 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+MAPPING_KEYS = ("model.kwargs",)  # keys whose value is a free-form mapping (one leaf, not a section)
+
+
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{'section.key': value}; private entries (leading '_', e.g. '_given') are left out."""
+    """{'section.key': value}; private entries (leading '_', e.g. '_given') are left out. The values of
+    `MAPPING_KEYS` stay whole (a mapping is one value)."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         if k.startswith("_"):
             continue
         key = f"{prefix}{k}"
-        if isinstance(v, dict):
+        if isinstance(v, dict) and key not in MAPPING_KEYS:
             out.update(flatten(v, key + "."))
         else:
             out[key] = v
@@ -200,6 +208,8 @@ def _type_ok(default: Any, value: Any) -> bool:
         return isinstance(value, str)
     if isinstance(default, list):
         return isinstance(value, list)
+    if isinstance(default, dict):
+        return isinstance(value, dict)
     return True
 
 
@@ -223,6 +233,11 @@ def suggest(key: str) -> str:
 
 
 def _set(cfg: dict[str, Any], key: str, value: Any, origin: str) -> None:
+    mapping = next((m for m in MAPPING_KEYS if key.startswith(m + ".")), None)
+    if mapping is not None:  # model.kwargs.patch_size=4: one entry of a mapping key
+        section, leaf = mapping.split(".")
+        _set(cfg, mapping, {**cfg[section][leaf], key[len(mapping) + 1:]: value}, origin)
+        return
     if key not in FLAT_DEFAULTS:
         if any(k.startswith(key + ".") for k in FLAT_DEFAULTS) and isinstance(value, dict):
             for k, v in value.items():
@@ -300,7 +315,8 @@ def default_run_name(cfg: dict[str, Any]) -> str:
         noise += f"_dup{n['duplicates']}"
     if n["kind"] != "none" or n["duplicates"]:
         noise += f"_n{n['seed']}"
-    return f"{name}_{m['name']}_{noise}_s{t['seed']}"
+    model = m["name"].replace(":", "-").replace("/", "-")  # timm:<name>, <module>:<callable>: a plain directory name
+    return f"{name}_{model}_{noise}_s{t['seed']}"
 
 
 # Keys that may differ between a run and its resumption without changing what it computes.
@@ -312,7 +328,8 @@ _RESUME_FREE = ("run", "resume", "paths.", "data.root", "data.folder", "data.num
 
 # Run-defining keys added after runs were recorded: left out of the identity while at this default.
 _ADDED_LATER = {"data.on_device": False, "train.optimizer": "sgd", "data.folds": 0, "data.holdout_fold": 0,
-                "data.fold_seed": 0, "noise.reference": "", "noise.reference_identity": ""}
+                "data.fold_seed": 0, "noise.reference": "", "noise.reference_identity": "", "model.kwargs": {},
+                "train.dtype": "float32"}
 
 
 def identity_items(cfg: dict[str, Any]) -> dict[str, Any]:

@@ -151,13 +151,18 @@ class GlobalBatchNorm(nn.BatchNorm2d):
     follow nn.BatchNorm2d (unbiased variance, momentum). Eval mode and one process: plain BatchNorm. The state
     dict is BatchNorm2d's, so checkpoints load into the unconverted model."""
 
+    def _check_input_dim(self, x: torch.Tensor) -> None:  # BatchNorm1d / 2d / 3d inputs alike, as SyncBatchNorm
+        if x.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {x.dim()}D input)")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
         from torch.distributed.nn.functional import all_reduce
 
-        xf = x.float()
-        mean, var, n = (t.float() for t in global_moments(x.double(), all_reduce))
+        ct = torch.float64 if x.dtype == torch.float64 else torch.float32  # float64 models: float64 throughout
+        xf = x.to(ct)
+        mean, var, n = (t.to(ct) for t in global_moments(x.double(), all_reduce))
         c = x.shape[1]
         with torch.no_grad():
             self.num_batches_tracked += 1
@@ -169,6 +174,18 @@ class GlobalBatchNorm(nn.BatchNorm2d):
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)
         return y.to(x.dtype)
+
+
+class GlobalBatchNormAct(GlobalBatchNorm):
+    """`GlobalBatchNorm` followed by the `drop` and `act` modules of a norm + activation layer (timm's
+    BatchNormAct2d), which it replaces in `convert_sync_batchnorm`."""
+
+    def __init__(self, *args: Any, act: nn.Module, drop: nn.Module, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.drop, self.act = drop, act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.drop(super().forward(x)))
 
 
 def global_moments(x: torch.Tensor, reduce: Callable[[torch.Tensor], torch.Tensor]
@@ -188,17 +205,49 @@ def global_moments(x: torch.Tensor, reduce: Callable[[torch.Tensor], torch.Tenso
     return mean, var, n
 
 
-def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
-    """BatchNorm -> global-batch BatchNorm: torch's SyncBatchNorm on CUDA, `GlobalBatchNorm` elsewhere (gloo)."""
+_PLAIN_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+def _norm_act(module: nn.Module) -> bool:
+    """A BatchNorm subclass that also applies `drop` and `act` (timm's BatchNormAct2d and its kin)."""
+    return isinstance(getattr(module, "act", None), nn.Module) and isinstance(getattr(module, "drop", None), nn.Module)
+
+
+def _global_bn(child: nn.modules.batchnorm._BatchNorm, name: str) -> GlobalBatchNorm:
+    """The GlobalBatchNorm of `child`, holding child's own Parameters and buffers (same tensors: dtype, device and
+    an optimizer built before the conversion all stay valid), in child's train / eval mode."""
+    if type(child) in _PLAIN_BN:
+        new = GlobalBatchNorm(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats,
+                              device="meta")
+    elif _norm_act(child):
+        new = GlobalBatchNormAct(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats,
+                                 device="meta", act=child.act, drop=child.drop)
+    else:
+        from .errors import UserError
+
+        raise UserError(f"train.sync_bn=true cannot convert {name} ({type(child).__name__}, a BatchNorm with its own "
+                        "forward) to global-batch BatchNorm on this backend; pass train.sync_bn=false")
+    for key in ("weight", "bias"):
+        setattr(new, key, getattr(child, key))  # the Parameter itself (None without affine)
+    for key in ("running_mean", "running_var", "num_batches_tracked"):
+        setattr(new, key, getattr(child, key))
+    new.train(child.training)
+    return new
+
+
+def convert_sync_batchnorm(model: nn.Module, device: torch.device, prefix: str = "") -> nn.Module:
+    """BatchNorm -> global-batch BatchNorm: torch's SyncBatchNorm on CUDA (timm's converter where the model has
+    timm's norm + activation layers), `GlobalBatchNorm` elsewhere (gloo). As torch's converter, the converted
+    layers keep the module's own Parameters and buffers (the same tensor objects, so their dtype and device too);
+    a root that is itself a BatchNorm is returned converted."""
     if device.type == "cuda":
+        if any(_norm_act(m) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)):
+            import timm.layers
+
+            return timm.layers.convert_sync_batchnorm(model)
         return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if isinstance(model, nn.modules.batchnorm._BatchNorm) and not isinstance(model, GlobalBatchNorm):
+        return _global_bn(model, prefix or "the model")
     for name, child in model.named_children():
-        if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(child, GlobalBatchNorm):
-            new = GlobalBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
-                                  child.track_running_stats)
-            new.load_state_dict(child.state_dict())
-            new.train(child.training)
-            setattr(model, name, new)
-        else:
-            convert_sync_batchnorm(child, device)
+        setattr(model, name, convert_sync_batchnorm(child, device, f"{prefix}.{name}" if prefix else name))
     return model

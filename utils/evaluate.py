@@ -40,7 +40,7 @@ def evaluate(model: torch.nn.Module, dataset, dist: Dist, batch_size: int = 512,
     optionally `logits`, all (N, ...) in index order. The predicted class is the given label where `correct`,
     else `other`; `other` is also the class a confusable sample is confused with.
 
-    Always fp32 without TF32 (never under bf16 autocast): per-sample losses and margins are what the
+    Always fp32 (float64 for float64 models) without TF32 (never under bf16 autocast): per-sample losses and margins are what the
     baselines rank by, and bf16 logits quantize them and flip ties."""
     was_training = model.training
     model.eval()
@@ -48,7 +48,8 @@ def evaluate(model: torch.nn.Module, dataset, dist: Dist, batch_size: int = 512,
     def fn(idx, x, y):
         fault_point("stats")
         with fp32(dist.device):
-            logits = forward(model, x).float()
+            logits = forward(model, x)
+        logits = logits if logits.dtype == torch.float64 else logits.float()  # float64 models: float64 logits
         other, oth = logits.scatter(1, y[:, None], float("-inf")).max(1)
         given = logits.gather(1, y[:, None]).squeeze(1)
         out = {"loss": per_sample_loss(logits, y), "correct": logits.argmax(1) == y, "margin": given - other,

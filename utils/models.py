@@ -2,19 +2,27 @@
 
 Every builder takes `num_classes`, `in_channels`, `image_size`, `width` and `activation`
 and returns an `nn.Module` mapping images (B, C, H, W) in the normalised input space to
-logits (B, num_classes).
+logits (B, num_classes). Besides the registered names, `timm:<name>` builds a timm model and
+`<module>:<callable>` calls a user's own factory (`utils.zoo`; arguments from `model.kwargs`).
+
+Wrapper hook: a research line that changes the model of a run (example-tied dropout) registers
+`register_wrapper(name, fn, keys)`; `wrap_model` applies every registered wrapper, so the shared core
+builds wrapped models without importing the line.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import DEFAULTS
 from .errors import UserError
+from .zoo import TIMM, build_custom, build_timm, check_name, is_external
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
@@ -218,20 +226,148 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+def _unknown(name: str) -> UserError:
+    import difflib
+
+    near = difflib.get_close_matches(name, sorted(MODELS), n=1, cutoff=0.75)
+    hint = f"; did you mean {near[0]}?" if near else ""
+    try:  # the name of a timm model, without the prefix
+        import timm
+
+        if timm.is_model(name) or (not near and timm.list_models(f"{name}*")):
+            hint = f"; for timm's model write model.name=timm:{name if timm.is_model(name) else name + '...'}"
+    except ImportError:
+        pass
+    return UserError(f"unknown model.name {name!r}{hint}; known: {', '.join(sorted(MODELS))}, timm:<name> (timm's "
+                     "zoo), <module>:<callable> (your own factory; README \"Your model\")")
+
+
+def check_model(model_cfg: dict[str, Any], given: set[str] | frozenset[str] = frozenset()) -> None:
+    """Validate `model.name` and `model.kwargs` without building anything (and before any data is loaded); `given`:
+    the flat keys the user set (`utils.zoo.check_name`)."""
+    name = model_cfg["name"]
+    if is_external(name):
+        check_name(model_cfg, given)
+    elif name not in MODELS:
+        raise _unknown(name)
+    elif model_cfg.get("kwargs"):
+        raise UserError(f"model.kwargs applies to timm:<name> and <module>:<callable> models, not to the registered "
+                        f"{name!r} (use model.width / model.activation)")
+
+
 def build_model(name: str, num_classes: int, in_channels: int, image_size: int,
-                width: int = 0, activation: str = "") -> nn.Module:
-    """Build a registered model; `width=0` / `activation=""` mean the model's default."""
-    if name not in MODELS:
-        raise UserError(f"unknown model.name {name!r}; known: {', '.join(sorted(MODELS))}")
+                width: int = 0, activation: str = "", kwargs: dict[str, Any] | None = None) -> nn.Module:
+    """Build a registered model, a timm model (`timm:<name>`) or a user's factory (`<module>:<callable>`);
+    `width=0` / `activation=""` mean the model's default; `kwargs`: architecture arguments of the latter two."""
+    kwargs = dict(kwargs or {})
+    check_model({"name": name, "width": width, "activation": activation, "kwargs": kwargs})
+    if name.startswith(TIMM):
+        return build_timm(name[len(TIMM):], num_classes, in_channels, image_size, kwargs)
+    if is_external(name):
+        return build_custom(name, num_classes, in_channels, image_size, width, activation, kwargs)
     return MODELS[name](num_classes, in_channels, image_size, width, activation)
 
 
+# ----------------------------------------------------------------------------- the wrapper hook
+Wrapper = Callable[[nn.Module, dict[str, Any]], nn.Module]
+_WRAPPERS: dict[str, tuple[Wrapper, tuple[str, ...]]] = {}
+
+
+def register_wrapper(name: str, fn: Wrapper, keys: tuple[str, ...] = ()) -> None:
+    """Register `fn(model, model_cfg) -> model` (the model wrapped, or unchanged when `model_cfg` asks for nothing),
+    applied by `wrap_model` to every model built from a config; `keys` are the `model.*` keys it reads (a key of
+    these set away from its default while no wrapper claims it is refused). Registering a name again replaces it."""
+    _WRAPPERS[name] = (fn, tuple(keys))
+
+
+def wrapper_modules(model_cfg: dict[str, Any]) -> list[str]:
+    """The modules of the registered wrappers that this config switches on (one of their keys away from its
+    default): what the run record keeps, so that a later stage imports them before rebuilding the model."""
+    on = [fn.__module__ for fn, keys in _WRAPPERS.values()
+          if any(model_cfg.get(k, DEFAULTS["model"].get(k)) != DEFAULTS["model"].get(k) for k in keys)]
+    return sorted(set(on))
+
+
+def check_wrappers(model_cfg: dict[str, Any]) -> None:
+    """A `model.*` key that no builder reads (not name, width, activation, kwargs) and no registered wrapper claims,
+    set away from its default, is refused in one line: the module that reads it did not register its wrapper."""
+    claimed = {k for _, keys in _WRAPPERS.values() for k in keys}
+    for key, default in DEFAULTS["model"].items():
+        if key not in ("name", "width", "activation", "kwargs") and key not in claimed \
+                and model_cfg.get(key, default) != default:
+            raise UserError(f"model.{key}={model_cfg[key]!r} is read by a model wrapper that is not registered in this "
+                            "process (utils.models.register_wrapper); import the package that registers it first, as "
+                            "the top-level scripts do")
+
+
+def wrap_model(model: nn.Module, model_cfg: dict[str, Any]) -> nn.Module:
+    """`model` passed through every registered wrapper (`check_wrappers` first)."""
+    check_wrappers(model_cfg)
+    for fn, _ in _WRAPPERS.values():
+        model = fn(model, model_cfg)
+    return model
+
+
+# ----------------------------------------------------------------------------- calling a model
+def input_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype a model's inputs should have: that of its first floating parameter (float32 without any)."""
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32
+
+
 def forward(model: nn.Module, x: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
-    """Call a model; models that route by example (example-tied dropout) also get the indices."""
+    """Call a model; models that route by example (example-tied dropout) also get the indices. A float64 model
+    (`train.dtype=float64`) gets float64 inputs (lower-precision batches are cast up, exactly)."""
     inner = getattr(model, "module", model)
+    if x.is_floating_point() and x.dtype != torch.float64 and input_dtype(inner) == torch.float64:
+        x = x.to(torch.float64)
     if index is not None and getattr(inner, "takes_index", False):
         return model(x, index=index)
     return model(x)
+
+
+def classifier(model: nn.Module) -> nn.Module | None:
+    """The final classification layer: timm's `get_classifier()`, else `model.fc` / `head` / `classifier` (the
+    first that is a module with parameters), else the last `nn.Linear` registered in the module tree, else None."""
+    get = getattr(model, "get_classifier", None)
+    if callable(get):
+        try:
+            out = get()
+            if isinstance(out, nn.Module):
+                return out
+        except (AttributeError, NotImplementedError):
+            pass
+    for attr in ("fc", "head", "classifier"):
+        out = getattr(model, attr, None)
+        if isinstance(out, nn.Module) and any(True for _ in out.parameters()):
+            return out
+    linear = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return linear[-1] if linear else None
+
+
+def features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Penultimate features (B, F): `model.features(x)` where the model has it, timm's
+    `forward_head(forward_features(x), pre_logits=True)`, else the input of `classifier(model)` (flattened).
+    Inputs are cast to the model's dtype (`input_dtype`)."""
+    dtype = input_dtype(model)
+    x = x.to(dtype) if x.is_floating_point() and x.dtype != dtype else x
+    if callable(getattr(model, "features", None)):
+        return model.features(x)
+    if callable(getattr(model, "forward_features", None)) and callable(getattr(model, "forward_head", None)):
+        return model.forward_head(model.forward_features(x), pre_logits=True)
+    head = classifier(model)
+    if head is None:
+        raise UserError(f"{type(model).__name__} has no features(), no timm forward_head and no classifier attribute "
+                        "(fc / head / classifier): give it a features(x) method returning (B, F)")
+    got: list[torch.Tensor] = []
+    handle = head.register_forward_pre_hook(lambda mod, args: got.append(args[0]))
+    try:
+        forward(model, x)
+    finally:
+        handle.remove()
+    return got[-1].flatten(1)
 
 
 def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -239,12 +375,26 @@ def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits if logits.dtype == torch.float64 else logits.float(), labels, reduction="none")
 
 
-def double_backward_attention() -> contextlib.AbstractContextManager:
-    """Attention kernels whose backward is twice differentiable (the fused flash / memory-efficient
-    scaled-dot-product kernels are not): needed by every Hessian-vector product through a ViT."""
+@contextlib.contextmanager
+def double_backward_attention(model: nn.Module | None = None) -> Iterator[None]:
+    """Attention whose backward is twice differentiable, needed by every Hessian-vector product through a ViT: the
+    math scaled-dot-product kernel (the fused flash / memory-efficient kernels have no double backward: "derivative
+    for aten::_scaled_dot_product_flash_attention_for_cpu_backward is not implemented"), and, for `model`, timm's
+    own unfused attention path (every module with a boolean `fused_attn`, timm's convention, set False inside and
+    restored after): the same numbers (tested to 1e-12), without relying on the kernel choice."""
+    flags = [(m, m.fused_attn) for m in model.modules() if isinstance(getattr(m, "fused_attn", None), bool)] \
+        if model is not None else []
     try:
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
-        return sdpa_kernel(SDPBackend.MATH)
+        kernel = sdpa_kernel(SDPBackend.MATH)
     except ImportError:  # pragma: no cover - older torch
-        return contextlib.nullcontext()
+        kernel = contextlib.nullcontext()
+    try:
+        for m, _ in flags:
+            m.fused_attn = False
+        with kernel:
+            yield
+    finally:
+        for m, f in flags:
+            m.fused_attn = f

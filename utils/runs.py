@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import copy
 import functools
+import importlib
 import json
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,8 +35,7 @@ from .data import DataBundle, build_data
 from .distributed import Dist, broadcast_object, setup
 from .errors import UserError
 from .io import atomic_write, load_npz, save_npz, write_text
-from .localization.etd import wrap_if_configured
-from .models import build_model
+from .models import build_model, wrap_model, wrapper_modules
 
 FORMAT_VERSION = 2  # 1: config + record + optimizer inside every checkpoint (still readable)
 _EPOCH_RE = re.compile(r"epoch_(\d{3,})\.pt$")
@@ -145,11 +146,13 @@ def record_to_numpy(record: dict[str, Any]) -> dict[str, Any]:
 
 def write_run_record(rdir: Path, cfg: dict[str, Any], record: dict[str, Any], identity: str) -> None:
     """run.json (config, identity, data set description) + record.npz (per-sample arrays)."""
-    meta = {k: v for k, v in record.items() if k not in RECORD_KEYS + OPTIONAL_RECORD_KEYS + ("source_files",)}
+    meta = {k: v for k, v in record.items()
+            if k not in RECORD_KEYS + OPTIONAL_RECORD_KEYS + ("source_files", "plugins")}
     files = {"source_files": np.asarray(record["source_files"], dtype=str)} if "source_files" in record else {}
     public = {k: v for k, v in cfg.items() if not k.startswith("_")}
     write_text(Path(rdir) / "run.json", json.dumps({"format_version": FORMAT_VERSION, "identity": identity,
-                                                   "config": public, "data": meta, "platform": platform()},
+                                                   "config": public, "data": meta, "platform": platform(),
+                                                   "plugins": wrapper_modules(cfg["model"])},
                                                   indent=1) + "\n")
     save_npz(Path(rdir) / "record.npz", **{k: np.asarray(record[k]) for k in RECORD_KEYS + OPTIONAL_RECORD_KEYS
                                            if k in record}, **files)
@@ -173,7 +176,7 @@ def read_run_record(rdir: Path) -> tuple[dict[str, Any], dict[str, Any], str]:
             raise UserError(f"{rdir / 'run.json'} is corrupt ({e.msg} at line {e.lineno}); retrain the run") from None
         arrays = load_npz(rdir / "record.npz", "retrain the run", require=("index", "given_labels"))
         record = {**head["data"], **{k: torch.from_numpy(arrays[k]) for k in RECORD_KEYS + OPTIONAL_RECORD_KEYS
-                                     if k in arrays}}
+                                     if k in arrays}, "plugins": list(head.get("plugins", []))}
         if "source_files" in arrays:  # folder data: each source image's path relative to data.root/data.folder
             record["source_files"] = arrays["source_files"]
         return head["config"], record, head["identity"]
@@ -185,12 +188,29 @@ def read_run_record(rdir: Path) -> tuple[dict[str, Any], dict[str, Any], str]:
 
 
 # ----------------------------------------------------------------------------- models
+DTYPES = {"float32": torch.float32, "float64": torch.float64}  # train.dtype
+
+
+def model_dtype(cfg: dict[str, Any]) -> torch.dtype:
+    """`train.dtype` as a torch dtype (runs recorded before the key: float32)."""
+    name = cfg["train"].get("dtype", "float32")
+    if name not in DTYPES:
+        raise UserError(f"train.dtype={name!r} is unknown; use one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
 def model_for(cfg: dict[str, Any], record: dict[str, Any]) -> nn.Module:
-    """The configured model for a data set record (no weights loaded)."""
+    """The configured model for a data set record (no weights loaded), through the registered wrappers
+    (`utils.models.register_wrapper`), in `train.dtype`. The modules that registered a recorded run's wrappers
+    (run.json "plugins") are imported first, so every stage rebuilds the model the run was trained with."""
+    for module in record.get("plugins", ()):
+        if module not in sys.modules:
+            importlib.import_module(module)
     m = cfg["model"]
     model = build_model(m["name"], record["num_classes"], record["in_channels"], record["image_size"],
-                        m["width"], m["activation"])
-    return wrap_if_configured(model, m)  # example-tied dropout when model.etd_p_mem > 0
+                        m["width"], m["activation"], m.get("kwargs"))
+    model, dtype = wrap_model(model, m), model_dtype(cfg)
+    return model if dtype == torch.float32 else model.to(dtype)
 
 
 # ----------------------------------------------------------------------------- opening a run

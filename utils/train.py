@@ -5,7 +5,8 @@ Writes the run record (`utils.runs`): run.json + record.npz once, epoch_XXX.pt e
 `train.checkpoint_every` epochs, resume.pt every epoch, stats/epoch_XXX.npz every `train.stats_every`
 epochs and train_stats.npz at the end. Rank 0 decides everything that depends on the file system
 (fresh run or resume, and from where) and broadcasts it. Extension points (online curvature scoring,
-gradient accounting, spectra at given steps) are `utils.callbacks.Callback` objects.
+gradient accounting, spectra at given steps) are `utils.callbacks.Callback` objects, passed to `train` or made
+from the config by a registered factory (`utils.callbacks.register_callbacks`).
 """
 
 from __future__ import annotations
@@ -22,9 +23,8 @@ import torch.distributed as tdist
 from torch import nn
 from tqdm import tqdm
 
-from .callbacks import Callback, TrainState
-from .config import identity_hash
-from .curvature.scoring import OnlineScorer
+from .callbacks import Callback, TrainState, check_switches, configured_callbacks
+from .config import given_keys, identity_hash
 from .data import build_data, make_loader
 from .device_data import device_loader
 from .distributed import Dist, all_reduce_sum, barrier, broadcast_object, convert_sync_batchnorm, setup
@@ -32,12 +32,13 @@ from .errors import UserError
 from .evaluate import autocast, evaluate
 from .faults import fault_point
 from .io import load_npz, reap_temporaries, save_npz
-from .models import forward, per_sample_loss
+from .models import check_model, check_wrappers, forward, per_sample_loss
 from .runs import (
     checkpoint_path,
     describe_diff,
     list_checkpoints,
     load_checkpoint,
+    model_dtype,
     model_for,
     read_run_record,
     run_dir,
@@ -195,6 +196,12 @@ def _check(cfg: dict[str, Any]) -> None:
             raise UserError(f"train.{key} must be >= 1, got {t[key]}")
     if t["optimizer"] not in OPTIMIZERS:
         raise UserError(f"train.optimizer must be sgd or adamw, got {t['optimizer']!r}")
+    if model_dtype(cfg) == torch.float64 and t["amp"] and torch.cuda.is_available():
+        raise UserError("train.dtype=float64 with train.amp=true: bf16 autocast would round the float64 model's "
+                        "products on CUDA; pass train.amp=false (on the CPU amp is ignored)")
+    check_model(cfg["model"], set(given_keys(cfg)))  # before any data is loaded: a typo never waits for a download
+    check_wrappers(cfg["model"])
+    check_switches(cfg)
 
 
 def train(cfg: dict[str, Any], callbacks: list[Callback] | tuple = ()) -> Path:
@@ -230,13 +237,13 @@ def train(cfg: dict[str, Any], callbacks: list[Callback] | tuple = ()) -> Path:
     if dist.is_main and kind == "resume":
         print(f"resuming {cfg['run']} from epoch {state.epoch} (step {state.step})", flush=True)
         _note_stale_stats(rdir, t["stats"])
-    callbacks = list(callbacks) + ([OnlineScorer(cfg)] if cfg["score"]["online"] else [])
+    callbacks = list(callbacks) + configured_callbacks(cfg)  # e.g. the online scorer (score.online=true)
     for cb in callbacks:
         cb.on_train_start(state)
 
     bar = tqdm(total=total_steps, initial=min(state.step, total_steps), desc=cfg["run"], disable=not dist.is_main,
                dynamic_ncols=True)
-    k, workers = t["log_every"], cfg["data"]["num_workers"]
+    k, workers, dtype = t["log_every"], cfg["data"]["num_workers"], model_dtype(cfg)
     for epoch in range(state.epoch + 1, epochs + 1):
         if state.stop or state.step >= total_steps:
             break
@@ -249,6 +256,8 @@ def train(cfg: dict[str, Any], callbacks: list[Callback] | tuple = ()) -> Path:
         for i, ((idx, x, y), gsize) in enumerate(zip(loader, sizes)):
             idx, y = idx.to(dist.device, non_blocking=True), y.to(dist.device, non_blocking=True)
             x = x.to(dist.device, non_blocking=True)
+            if x.is_floating_point() and x.dtype != dtype:  # train.dtype=float64: exact up-cast of the batch
+                x = x.to(dtype)
             if dist.device.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast(dist.device, t["amp"]):

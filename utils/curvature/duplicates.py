@@ -4,7 +4,7 @@ Search space: the top-curvature samples (a conflicting duplicate cannot be fitte
 least one of the two has high curvature). For each searched sample we look at its nearest neighbours in
 the whole training set in two spaces:
 - pixels: RMS difference of the [0, 1] images, sqrt(mean((a - b)^2)); near-identical below `pixel_rms`;
-- penultimate features of a checkpoint (`model.features(x)`): cosine similarity; near-identical above
+- penultimate features of a checkpoint (`utils.models.features`): cosine similarity; near-identical above
   `feature_cos` (catches re-encoded / slightly shifted copies the pixel test misses).
 A pair is reported when it is near-identical in either space and the given labels differ.
 """
@@ -18,6 +18,7 @@ import torch
 
 from ..errors import UserError
 from ..io import write_table, write_text
+from ..models import features as penultimate
 from ..runs import Run, open_run
 from . import plots
 from .analysis import load_scores, raw_images
@@ -105,11 +106,11 @@ def find_conflicting_pairs(pixels: np.ndarray | torch.Tensor, labels: np.ndarray
 
 @torch.no_grad()
 def checkpoint_features(run: Run, epoch: int, ds: Any, batch_size: int = 512) -> torch.Tensor:
-    """Penultimate features (N, F) of a saved epoch's model (`model.features(x)`) on a dataset."""
+    """Penultimate features (N, F) of a saved epoch's model (`utils.models.features`) on a dataset."""
     device = default_device()
     model = run.load_model(epoch, device)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False)
-    return torch.cat([model.features(x.to(device)).float().cpu() for _, x, _ in loader])
+    return torch.cat([penultimate(model, x.to(device)).float().cpu() for _, x, _ in loader])
 
 
 def find_duplicates(cfg: dict[str, Any]) -> dict[str, Any]:

@@ -168,7 +168,7 @@ def per_probe_curvature(model: nn.Module, inputs: torch.Tensor, labels: torch.Te
     n, b = probes.shape[0], inputs.shape[0]
     per = 1 if method == "exact" else _rows(n, b, max_rows)
     sq, tr = [], []
-    ctx = double_backward_attention() if method == "exact" else contextlib.nullcontext()
+    ctx = double_backward_attention(model) if method == "exact" else contextlib.nullcontext()
     with eval_mode(model), frozen(model), fp32(inputs.device), ctx:
         if method == "exact":
             hvp = _ExactHVP(model, inputs, labels)

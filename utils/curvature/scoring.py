@@ -4,7 +4,8 @@ Offline (`score_<dataset>_checkpoint.py run=<name>`): opens the run (`utils.runs
 model and labels); of the epochs that are saved or already scored, takes every `score.every`-th, scores those
 without a `curv_scores/<run>/epoch_XXX.npz` yet and aggregates them into `curv_scores/<run>/curvature.npz`.
 A killed job resumes.
-Online (`score.online=true` in training): `OnlineScorer` scores the live model at the end of every
+Online (`score.online=true` in training; importing this module registers the factory that attaches it to the
+training loop, `utils.callbacks.register_callbacks`): `OnlineScorer` scores the live model at the end of every
 `score.every`-th epoch (and the initialisation) and writes the same epoch files, bit-identical on the CPU
 to what the offline scorer writes for that epoch's checkpoint; the offline scorer then only aggregates.
 
@@ -22,13 +23,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..callbacks import Callback, TrainState
+from ..callbacks import Callback, TrainState, register_callbacks
 from ..device_data import bundle_on_device
 from ..distributed import Dist, barrier, batch_rows, broadcast_object, setup, sharded_map
 from ..errors import UserError
 from ..faults import fault_point
 from ..io import load_npz, reap_temporaries, save_npz
 from ..metrics import auroc
+from ..models import input_dtype
 from ..runs import open_run, record_to_numpy, score_dir
 from .estimator import METHODS, input_curvature, sample_probes
 
@@ -84,9 +86,12 @@ def score_model(model: torch.nn.Module, datasets: dict[str, Any], sc: dict[str, 
     """curvature / trace / hv_norm (N,) of every sample of each dataset ({split: dataset}); test split keys
     get a `test_` prefix. Probes on the model's device (`sample_probes`)."""
     out: dict[str, np.ndarray] = {}
+    dtype = input_dtype(model)
     for split, ds in datasets.items():
         def fn(idx: torch.Tensor, x: torch.Tensor, y: torch.Tensor, split: str = split) -> dict[str, torch.Tensor]:
             fault_point("score")
+            if x.is_floating_point() and x.dtype != dtype:  # a float64 model (train.dtype=float64) scores in float64
+                x = x.to(dtype)
             probes = sample_probes(idx, tuple(x.shape[1:]), sc["n_probes"], seed=sc["seed"], epoch=epoch,
                                    stream=_STREAM[split], device=x.device, dtype=x.dtype)
             r = input_curvature(model, x, y, method=sc["method"], h=sc["h"], probes=probes, max_rows=sc["max_rows"])
@@ -228,6 +233,14 @@ class OnlineScorer(Callback):
     def on_epoch_end(self, state: TrainState, metrics: dict[str, Any]) -> None:
         if state.epoch % self.sc["every"] == 0:
             self._score(state)
+
+
+def online_callbacks(cfg: dict[str, Any]) -> list[Callback]:
+    """The training loop's callbacks for `cfg`: the online scorer when `score.online=true`."""
+    return [OnlineScorer(cfg)] if cfg["score"]["online"] else []
+
+
+register_callbacks("online_scoring", online_callbacks, ("score.online",))  # importing this module attaches it
 
 
 def main(cfg: dict[str, Any]) -> None:

@@ -7,9 +7,14 @@
   of example-tied dropout;
 - `accounting`: gradient accounting (a training callback);
 - `flipping`: neuron flipping;
-- `etd`: the example-tied dropout module (imported by `utils.runs`);
+- `etd`: the example-tied dropout module; importing the package registers it with the model registry's wrapper
+  hook (`utils.models.register_wrapper`: models of runs with `model.etd_p_mem > 0` are wrapped in every stage);
 - `report`: figures, the accounting summary, `load_results` for notebooks.
 
-Runs are opened with `utils.runs.open_run`. This package imports nothing on purpose: `utils.runs`
-imports `utils.localization.etd` at module level, and an import here would make a cycle.
+Runs are opened with `utils.runs.open_run`. The shared core imports nothing of this package: the top-level
+scripts import it (one line), and a run trained with example-tied dropout records `utils.localization.etd` in its
+run.json ("plugins"), which `utils.runs.model_for` imports before rebuilding the model.
 """
+
+from . import etd  # noqa: F401  (registers example-tied dropout with utils.models.register_wrapper)
+

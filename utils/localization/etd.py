@@ -6,6 +6,10 @@ and `C - n_gen` memorization units, of which each training example keeps exactly
 unit). Masks are recomputed from the index on every forward pass: no N x C cache, no global RNG.
 Evaluation modes: `test` scales memorization units by their keep rate k / (C - n_gen); `drop`
 removes them (only generalization units remain).
+
+Importing this module registers `wrap_if_configured` with the model registry's wrapper hook
+(`utils.models.register_wrapper`), so every model built from a config with `model.etd_p_mem > 0` (training,
+and every later stage through `utils.runs.model_for`) is an `ExampleTiedNet`.
 """
 
 from __future__ import annotations
@@ -17,10 +21,14 @@ from torch import nn
 
 from ..errors import UserError
 from ..hashing import M32, fmix32, mix_index
+from ..models import classifier, features, register_wrapper
 from .groups import LayerGroup, hidden_groups, layer_groups, register_output_hook, unit_view
 
 MODES = ("test", "drop")  # the evaluation modes of the paper
 ALL_MODES = (*MODES, "example")
+KEYS = ("etd_p_gen", "etd_p_mem", "etd_seed", "etd_layers")  # the model.* keys of the wrapper
+
+
 def unit_hash(seed: int, layer: int, index: torch.Tensor, n_units: int) -> torch.Tensor:
     """Deterministic 32-bit hash values (B, n_units) of (seed, layer, example index, unit), int64."""
     dev = index.device
@@ -101,14 +109,19 @@ class ExampleTiedNet(nn.Module):
 
         return fn
 
+    def get_classifier(self) -> nn.Module | None:
+        """The wrapped model's classifier (`utils.models.classifier`)."""
+        return classifier(self.net)
+
     @property
-    def fc(self) -> nn.Module:
-        return self.net.fc
+    def fc(self) -> nn.Module | None:
+        return self.get_classifier()
 
     def features(self, x: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+        """The wrapped model's penultimate features (`utils.models.features`)."""
         self._index = index
         try:
-            return self.net.features(x)
+            return features(self.net, x)
         finally:
             self._index = None
 
@@ -154,3 +167,6 @@ def wrap_if_configured(model: nn.Module, model_cfg: dict) -> nn.Module:
         return model
     return ExampleTiedNet(model, float(model_cfg.get("etd_p_gen", 0.2)), p_mem, int(model_cfg.get("etd_seed", 0)),
                           int(model_cfg.get("etd_layers", 0)))
+
+
+register_wrapper("example_tied_dropout", wrap_if_configured, KEYS)

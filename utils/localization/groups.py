@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..models import classifier
+
 WEIGHT_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
                  nn.Linear, nn.MultiheadAttention, nn.Embedding)
 CONV_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -150,8 +152,9 @@ def merge_groups(groups: list[LayerGroup], depth: int) -> list[LayerGroup]:
 
 
 def classifier_group(model: nn.Module, groups: list[LayerGroup]) -> int:
-    """Index of the group holding the classifier (`model.fc` if present, else the last group with units)."""
-    fc = getattr(model, "fc", None)
+    """Index of the group holding the classifier (`utils.models.classifier`: timm's get_classifier(), `fc`, `head`
+    or `classifier`), else the last group with units."""
+    fc = classifier(model)
     if isinstance(fc, nn.Module):
         ids = {id(p) for p in fc.parameters()}
         named = dict(model.named_parameters())
@@ -210,7 +213,9 @@ class UnitMasks:
         def fn(t: torch.Tensor) -> torch.Tensor:
             t = t * unit_view(self.masks[g.name].to(t.dtype), t, g.unit_dim)
             self.acts[g.name] = t
-            return t
+            # a copy goes on: in-place layers after the group (timm's ReLU(inplace=True), `x += shortcut`) must not
+            # overwrite the activations that the gradients w.r.t. units are taken of
+            return t.clone()
 
         return fn
 

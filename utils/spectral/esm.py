@@ -40,8 +40,9 @@ def grid_name(cfg: dict[str, Any]) -> str:
     """<data set>[_sub<n>]_<model>[_w<width>][_<esm.name>]: always derived from the data set and the model,
     so grids of two data sets never share a directory; `esm.name` only adds a tag."""
     d, m = cfg["data"], cfg["model"]
+    width = m["width"] and not m["name"].startswith("timm:")  # timm models take no model.width (model.kwargs)
     parts = [dataset_name(cfg), f"sub{d['subset']}" if d["subset"] else "", m["name"],
-             f"w{m['width']}" if m["width"] else "", str(cfg["esm"]["name"] or "")]
+             f"w{m['width']}" if width else "", str(cfg["esm"]["name"] or "")]
     return "_".join(re.sub(r"[^A-Za-z0-9._+-]+", "-", p) for p in parts if p)
 
 

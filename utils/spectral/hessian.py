@@ -98,7 +98,7 @@ class HessianOperator:
 
     def _loss(self, batch) -> torch.Tensor:
         idx, x, y = batch
-        with double_backward_attention():
+        with double_backward_attention(self.model):
             logits = forward(self.model, x, idx)
         if logits.dtype != torch.float64:  # float32 models: float32 loss; float64 models keep float64
             return per_sample_loss(logits, y).to(self.dtype).sum() / self.n_samples
