@@ -24,6 +24,10 @@ DEFAULTS: dict[str, Any] = {
     "run": "",  # run name; "" derives one from dataset, model, noise and seed
     "resume": True,  # continue from the newest complete checkpoint of the run
     "paths": {"pretrained": "pretrained", "scores": "curv_scores", "logs": "logs"},
+    # every stage (not part of a run's identity): how long any wait on another rank or process may last
+    "dist": {
+        "timeout_s": 600.0,  # a collective, rank-0 broadcast or DataLoader batch; then `error: rank R: <stage>: ...`, exit 3
+    },
     "data": {
         "name": "digits",  # digits | mnist | cifar10 | cifar100 | imagenet | imagefolder
         "root": "",  # "" -> $DATA_ROOT -> ./data
@@ -280,7 +284,7 @@ def default_run_name(cfg: dict[str, Any]) -> str:
 
 
 # Keys that may differ between a run and its resumption without changing what it computes.
-_RESUME_FREE = ("run", "resume", "paths.", "data.root", "data.folder", "data.num_workers", "data.download",
+_RESUME_FREE = ("run", "resume", "paths.", "dist.", "data.root", "data.folder", "data.num_workers", "data.download",
                 "train.epochs", "train.max_steps", "train.checkpoint_every", "train.eval_batch_size", "train.stats",
                 "train.stats_every", "train.log_every", "train.compile", "score.", "localization.", "analysis.",
                 "spectrum.", "esm.")

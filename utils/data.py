@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .errors import UserError
+from .faults import fault_point
 from .noise import corrupt_labels, pick_duplicates
 
 CIFAR_MEAN = {"cifar10": (0.4914, 0.4822, 0.4465), "cifar100": (0.5071, 0.4865, 0.4409)}
@@ -95,6 +96,7 @@ class IndexedDataset(Dataset):
             return im.convert("RGB")
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor, int]:
+        fault_point("worker")  # the fault suite's DataLoader worker kill (nothing unless $TOOLKIT_FAULT says so)
         return i, self.transform(self.raw(i)), int(self.given_labels[i])
 
     def with_transform(self, transform: Callable) -> IndexedDataset:
@@ -349,9 +351,43 @@ class GlobalBatchSampler(torch.utils.data.Sampler):
         return len(self.global_batches())
 
 
+WORKER_START = "forkserver"  # how DataLoader workers start (issue 27; benchmarks/loader_workers.py)
+
+
+def worker_context(num_workers: int) -> Any:
+    """The multiprocessing context DataLoader workers start from (None without workers): a fork server.
+
+    Workers forked from the training process inherit every lock its other threads (tqdm's monitor, gloo,
+    OpenMP, a logging handler) held at that instant, and a worker whose lock is never released never reaches
+    its worker loop: the pass waits forever (issue 27). The fork server is a fresh single-threaded process
+    (started once, by fork + exec) that has imported `__main__`, torch, this module and torchvision's
+    transforms, and forks the workers: as cheap as forking, without the inherited locks. Like `spawn`, it
+    needs a script's top level guarded by `if __name__ == "__main__":` (every script here is)."""
+    if num_workers <= 0:
+        return None
+    import multiprocessing
+
+    ctx = multiprocessing.get_context(WORKER_START)
+    ctx.set_forkserver_preload(["__main__", __name__, "torchvision.transforms"])  # missing ones are skipped
+    return ctx
+
+
+def loader_options(num_workers: int, timeout_s: float) -> dict[str, Any]:
+    """DataLoader keywords shared by every loader: workers from `worker_context`, a result waited for at most
+    `timeout_s` seconds (`dist.timeout_s`; `utils.waits`), pinned memory on CUDA. Workers are not persistent:
+    each epoch's workers are seeded from the epoch's reseeded RNG (exact resume)."""
+    opts: dict[str, Any] = {"num_workers": num_workers, "pin_memory": torch.cuda.is_available()}
+    if num_workers > 0:
+        opts.update(multiprocessing_context=worker_context(num_workers), timeout=timeout_s, persistent_workers=False)
+    return opts
+
+
 def make_loader(ds: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0, rank: int = 0, world: int = 1,
-                num_workers: int = 0) -> torch.utils.data.DataLoader:
+                num_workers: int = 0, timeout_s: float | None = None) -> torch.utils.data.DataLoader:
+    """The training loader: `GlobalBatchSampler` batches; `timeout_s` (default `dist.timeout_s`) bounds each
+    batch's wait."""
+    from .waits import timeout_s as configured
+
     sampler = GlobalBatchSampler(len(ds), batch_size, rank, world, shuffle, seed)
-    # persistent_workers=False: new workers every epoch, seeded from the epoch's reseeded RNG (exact resume)
-    return torch.utils.data.DataLoader(ds, batch_sampler=sampler, num_workers=num_workers,
-                                       pin_memory=torch.cuda.is_available(), persistent_workers=False)
+    return torch.utils.data.DataLoader(ds, batch_sampler=sampler,
+                                       **loader_options(num_workers, configured() if timeout_s is None else timeout_s))
