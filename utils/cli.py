@@ -45,7 +45,8 @@ def run_script(main: Callable[[dict[str, Any]], Any], default_config: str, descr
         if not isinstance(e, WaitError) and not is_comm_error(e):
             raise
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-        report_error(str(e) if isinstance(e, WaitError) else f"{where('a collective')} failed ({first})")
+        close_bars()
+        sys.stdout.flush()
         sys.stderr.flush()
-        exit_now()
+        exit_now("error: " + (str(e) if isinstance(e, WaitError) else f"{where('a collective')} failed ({first})"))
     teardown()

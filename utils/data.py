@@ -372,22 +372,22 @@ def worker_context(num_workers: int) -> Any:
     return ctx
 
 
-def loader_options(num_workers: int, timeout_s: float) -> dict[str, Any]:
-    """DataLoader keywords shared by every loader: workers from `worker_context`, a result waited for at most
-    `timeout_s` seconds (`dist.timeout_s`; `utils.waits`), pinned memory on CUDA. Workers are not persistent:
-    each epoch's workers are seeded from the epoch's reseeded RNG (exact resume)."""
+def loader_options(num_workers: int) -> dict[str, Any]:
+    """DataLoader keywords shared by every loader: workers from `worker_context`, pinned memory on CUDA.
+
+    Workers are not persistent: each epoch's workers are seeded from the epoch's reseeded RNG (exact resume).
+    No DataLoader `timeout`: with one, torch looks at its workers' liveness only once it has passed (workers of
+    the fork server are not this process's children: no SIGCHLD), so a killed worker would be noticed after
+    `dist.timeout_s`; without one, within 5 s (a `WaitError`). The deadline of each batch is
+    `utils.waits.bounded`'s, iterating the loader."""
     opts: dict[str, Any] = {"num_workers": num_workers, "pin_memory": torch.cuda.is_available()}
     if num_workers > 0:
-        opts.update(multiprocessing_context=worker_context(num_workers), timeout=timeout_s, persistent_workers=False)
+        opts.update(multiprocessing_context=worker_context(num_workers), persistent_workers=False)
     return opts
 
 
 def make_loader(ds: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0, rank: int = 0, world: int = 1,
-                num_workers: int = 0, timeout_s: float | None = None) -> torch.utils.data.DataLoader:
-    """The training loader: `GlobalBatchSampler` batches; `timeout_s` (default `dist.timeout_s`) bounds each
-    batch's wait."""
-    from .waits import timeout_s as configured
-
+                num_workers: int = 0) -> torch.utils.data.DataLoader:
+    """The training loader: `GlobalBatchSampler` batches (iterate it through `utils.waits.bounded`)."""
     sampler = GlobalBatchSampler(len(ds), batch_size, rank, world, shuffle, seed)
-    return torch.utils.data.DataLoader(ds, batch_sampler=sampler,
-                                       **loader_options(num_workers, configured() if timeout_s is None else timeout_s))
+    return torch.utils.data.DataLoader(ds, batch_sampler=sampler, **loader_options(num_workers))

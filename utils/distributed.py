@@ -162,7 +162,7 @@ def _sharded_map(dataset: Any, fn: Callable[[torch.Tensor, torch.Tensor, torch.T
         loader = ((i, *device_batch(i)) for i in index.split(batch_size) if len(i))
     else:
         loader = DataLoader(Subset(dataset, list(rows)), batch_size=batch_size, shuffle=False,
-                            **{**loader_options(num_workers, waits.timeout_s()), "pin_memory": d.device.type == "cuda"})
+                            **{**loader_options(num_workers), "pin_memory": d.device.type == "cuda"})
     parts: dict[str, list[torch.Tensor]] = {}
     for idx, x, y in tqdm(bounded(loader), total=len(loader) if hasattr(loader, "__len__") else None, desc=desc,
                           disable=not (progress and d.is_main), leave=False):

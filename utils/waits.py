@@ -127,24 +127,44 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def fail_now(line: str) -> None:
-    """Print `error: <line>` on stderr as one line and end the process (exit 3), taking no lock."""
-    try:
-        os.write(2, f"\nerror: {line}\n".encode())
-    finally:
-        exit_now()
+    """End the process now with exit status 3 and `error: <line>` as the last line on stderr (see `exit_now`)."""
+    exit_now(f"\nerror: {line}")
 
 
-def exit_now() -> None:
-    """End the process with exit status 3 now, SIGKILLing its DataLoader workers first (a worker stuck on a
-    lock or a read would outlive it, holding the job's pipes open): no clean-up that could wait on a peer."""
+def exit_now(text: str = "") -> None:
+    """Write `text` (a line) on stderr and end the process with exit status 3, taking no lock and running no
+    clean-up that could wait on a peer. Its DataLoader workers are SIGKILLed first (one stuck on a lock or a read
+    would outlive it, holding the job's pipes open), and multiprocessing's resource tracker is let go first, so
+    its warning about the workers' semaphores comes before `text`, not after."""
     try:
         import multiprocessing
 
         for p in multiprocessing.active_children():
             with contextlib.suppress(OSError, TypeError):
                 os.kill(p.pid, 9)
+        _release_resource_tracker()
     finally:
-        os._exit(EXIT_STATUS)
+        try:
+            if text:
+                os.write(2, (text.rstrip("\n") + "\n").encode())
+        finally:
+            os._exit(EXIT_STATUS)
+
+
+def _release_resource_tracker(wait_s: float = 2.0) -> None:
+    """Close this process's end of the resource tracker's pipe and give the tracker `wait_s` to clean up and exit."""
+    with contextlib.suppress(Exception):
+        from multiprocessing import resource_tracker
+
+        tracker = resource_tracker._resource_tracker
+        fd, pid = getattr(tracker, "_fd", None), getattr(tracker, "_pid", None)
+        if fd is None or pid is None:
+            return
+        os.close(fd)
+        tracker._fd = None
+        end = time.monotonic() + wait_s
+        while time.monotonic() < end and os.waitpid(pid, os.WNOHANG) == (0, 0):
+            time.sleep(0.05)
 
 
 def _hint() -> str:
