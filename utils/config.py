@@ -38,7 +38,7 @@ DEFAULTS: dict[str, Any] = {
         "image_size": 0,  # 0 -> dataset default (imagefolder / imagenet resize)
         "in_memory": True,  # decode small ImageFolder sets once into a uint8 tensor
         "on_device": False,  # in-memory sets: uint8 images on the training device, batches cropped/flipped there
-        "num_workers": 0,
+        "num_workers": 0,  # DataLoader workers per rank, started from a fork server (utils.data.worker_context)
         "subset": 0,  # >0: a seeded, class-stratified subset of this many training images (quick runs)
         "subset_seed": 0,
     },
