@@ -48,7 +48,8 @@ def measure(choice: str, a: argparse.Namespace) -> dict[str, tuple[int, float]]:
     from torch.utils.data import DataLoader
 
     from utils.config import load_config
-    from utils.data import GlobalBatchSampler, build_data, worker_context
+    from utils.data import GlobalBatchSampler, build_data
+    from utils.workers import worker_context
 
     method, persistent, n = CHOICES[choice]
     workers = a.workers if n is None else n

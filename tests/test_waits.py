@@ -115,3 +115,58 @@ def test_a_rank_whose_peer_never_reaches_a_collective_exits_in_one_line(tmp_path
     assert line in err, err[-3000:]
     assert "exitcode  : 3" in err or "exitcode: 3" in err or "exit code 3" in err, err[-3000:]
     assert took < 60, took
+
+
+_OWNER_KILLED = """
+import os, signal, sys, time
+sys.path.insert(0, {root!r})
+import torch
+
+
+class Slow(torch.utils.data.Dataset):
+    def __len__(self):
+        return 64
+
+    def __getitem__(self, i):
+        open(f"worker_{{os.getpid()}}", "w").close()
+        time.sleep(0.05)
+        return i, torch.zeros(2), 0
+
+
+if __name__ == "__main__":
+    from utils.data import make_loader
+
+    it = iter(make_loader(Slow(), 4, shuffle=False, num_workers=2))
+    next(it)
+    os.kill(os.getpid(), signal.SIGKILL)  # a pre-empted rank
+"""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_workers_end_with_the_process_that_owns_their_loader(tmp_path):
+    """A SIGKILLed rank's DataLoader workers (children of the fork server, which they keep alive) end within
+    seconds instead of running on forever."""
+    script = tmp_path / "owner_killed.py"
+    script.write_text(_OWNER_KILLED.format(root=str(ROOT)))
+    p = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        assert p.wait(timeout=120) == -signal.SIGKILL
+        pids = [int(f.name.split("_")[1]) for f in tmp_path.glob("worker_*")]
+        end = time.time() + 20
+        while time.time() < end and not all(_gone(q) for q in pids):
+            time.sleep(0.2)
+        alive = [q for q in pids if not _gone(q)]
+    finally:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)  # whatever the script left (a fork server, a resource tracker, workers)
+        except ProcessLookupError:
+            pass
+    assert len(pids) == 2 and not alive, (pids, alive)

@@ -351,43 +351,10 @@ class GlobalBatchSampler(torch.utils.data.Sampler):
         return len(self.global_batches())
 
 
-WORKER_START = "forkserver"  # how DataLoader workers start (issue 27; benchmarks/loader_workers.py)
-
-
-def worker_context(num_workers: int) -> Any:
-    """The multiprocessing context DataLoader workers start from (None without workers): a fork server.
-
-    Workers forked from the training process inherit every lock its other threads (tqdm's monitor, gloo,
-    OpenMP, a logging handler) held at that instant, and a worker whose lock is never released never reaches
-    its worker loop: the pass waits forever (issue 27). The fork server is a fresh single-threaded process
-    (started once, by fork + exec) that has imported `__main__`, torch, this module and torchvision's
-    transforms, and forks the workers: as cheap as forking, without the inherited locks. Like `spawn`, it
-    needs a script's top level guarded by `if __name__ == "__main__":` (every script here is)."""
-    if num_workers <= 0:
-        return None
-    import multiprocessing
-
-    ctx = multiprocessing.get_context(WORKER_START)
-    ctx.set_forkserver_preload(["__main__", __name__, "torchvision.transforms"])  # missing ones are skipped
-    return ctx
-
-
-def loader_options(num_workers: int) -> dict[str, Any]:
-    """DataLoader keywords shared by every loader: workers from `worker_context`, pinned memory on CUDA.
-
-    Workers are not persistent: each epoch's workers are seeded from the epoch's reseeded RNG (exact resume).
-    No DataLoader `timeout`: with one, torch looks at its workers' liveness only once it has passed (workers of
-    the fork server are not this process's children: no SIGCHLD), so a killed worker would be noticed after
-    `dist.timeout_s`; without one, within 5 s (a `WaitError`). The deadline of each batch is
-    `utils.waits.bounded`'s, iterating the loader."""
-    opts: dict[str, Any] = {"num_workers": num_workers, "pin_memory": torch.cuda.is_available()}
-    if num_workers > 0:
-        opts.update(multiprocessing_context=worker_context(num_workers), persistent_workers=False)
-    return opts
-
-
 def make_loader(ds: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0, rank: int = 0, world: int = 1,
                 num_workers: int = 0) -> torch.utils.data.DataLoader:
     """The training loader: `GlobalBatchSampler` batches (iterate it through `utils.waits.bounded`)."""
+    from .workers import loader_options
+
     sampler = GlobalBatchSampler(len(ds), batch_size, rank, world, shuffle, seed)
     return torch.utils.data.DataLoader(ds, batch_sampler=sampler, **loader_options(num_workers))

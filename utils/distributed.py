@@ -19,8 +19,8 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from . import waits
-from .data import loader_options
 from .waits import bounded, stage, waiting
+from .workers import loader_options
 
 
 @dataclass
