@@ -30,8 +30,8 @@ from utils.runs import open_run  # noqa: E402
 
 
 def rows_of(name: str, role: str, args: argparse.Namespace) -> list[dict]:
-    cfg = load_config(ROOT / "configs/digits.yaml", [f"run={name}", f"paths.pretrained={args.pretrained}",
-                                                     f"paths.scores={args.scores}"])
+    cfg = load_config(None, [f"run={name}", f"paths.pretrained={args.pretrained}",
+                             f"paths.scores={args.scores}"])
     run = open_run(cfg)
     got = load_inputs(run, progress=False)
     target = np.asarray(got["curv"]["is_noisy"], bool)

@@ -4,6 +4,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -145,3 +146,34 @@ def test_two_torchrun_agents_in_two_copies_train_and_score_what_one_process_does
     ca, cb = (np.load(d / "scores/n/curvature.npz")["curvature"] for d in (one, tmp_path / "node0"))
     np.testing.assert_allclose(ca, cb, rtol=1e-4, atol=1e-6)
 
+
+
+def _dead(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"  # a zombie waits for its reaper only
+    except FileNotFoundError:
+        return True
+
+
+def test_the_suite_kills_what_it_starts_even_in_other_sessions(tmp_path):
+    """Issue 27: torchrun's ranks run in sessions of their own, so killing the launcher (or its process group) on
+    a timeout left them running. `launch` kills every process carrying its marker: on a timeout, whose clock can
+    start at the fault, and after a command that exits leaving a process behind."""
+    from benchmarks.procs import launch
+
+    spawn = ("import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', 'import time; "
+             "time.sleep(300)'], start_new_session=True); open('{}', 'w').write(str(p.pid)); time.sleep({})")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    t0 = time.time()
+    with pytest.raises(subprocess.TimeoutExpired):
+        launch([sys.executable, "-c", spawn.format("a", 300)], tmp_path, env, timeout=5)
+    assert time.time() - t0 < 30 and _dead(int((tmp_path / "a").read_text()))
+    fired = tmp_path / "fired"
+    fired.write_text(f"{time.time() + 3:.3f}\n")  # the fault fires in 3 s: killed 2 s later, not 300 s after launch
+    t0 = time.time()
+    with pytest.raises(subprocess.TimeoutExpired):
+        launch([sys.executable, "-c", spawn.format("b", 300)], tmp_path, env, timeout=300, fired=fired, after_fire=2)
+    assert time.time() - t0 < 30 and _dead(int((tmp_path / "b").read_text()))
+    res = launch([sys.executable, "-c", spawn.format("c", 0)], tmp_path, env, timeout=60)
+    assert res.returncode == 0 and res.orphans == 1 and _dead(int((tmp_path / "c").read_text()))

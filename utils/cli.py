@@ -1,7 +1,10 @@
 """What every top-level script does: parse `--config` + overrides, run, report UserErrors in one line.
 
 A `UserError` ends the script with exit status 2 and one `error:` line on stderr, printed after every open
-progress bar has been closed, so it is the last line the user sees (no traceback)."""
+progress bar has been closed, so it is the last line the user sees (no traceback). A wait on another rank or
+process that failed (`utils.waits.WaitError`, or a collective's own error) ends it with exit status 3 and one
+`error:` line naming the rank, the stage and the wait, without tearing down the process group (that could wait
+on the dead peer too): torchrun then restarts or stops the group."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from tqdm import tqdm
 from .config import parse_args
 from .distributed import teardown
 from .errors import UserError
+from .waits import WaitError, exit_now, is_comm_error, where
 
 
 def close_bars() -> None:
@@ -37,4 +41,12 @@ def run_script(main: Callable[[dict[str, Any]], Any], default_config: str, descr
         report_error(str(e))
         teardown()
         sys.exit(2)
+    except Exception as e:
+        if not isinstance(e, WaitError) and not is_comm_error(e):
+            raise
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        close_bars()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        exit_now("error: " + (str(e) if isinstance(e, WaitError) else f"{where('a collective')} failed ({first})"))
     teardown()

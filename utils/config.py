@@ -24,6 +24,10 @@ DEFAULTS: dict[str, Any] = {
     "run": "",  # run name; "" derives one from dataset, model, noise and seed
     "resume": True,  # continue from the newest complete checkpoint of the run
     "paths": {"pretrained": "pretrained", "scores": "curv_scores", "logs": "logs"},
+    # every stage (not part of a run's identity): how long any wait on another rank or process may last
+    "dist": {
+        "timeout_s": 600.0,  # a collective, rank-0 broadcast or DataLoader batch; then `error: rank R: <stage>: ...`, exit 3
+    },
     "data": {
         "name": "digits",  # digits | mnist | cifar10 | cifar100 | imagenet | imagefolder
         "root": "",  # "" -> $DATA_ROOT -> ./data
@@ -34,7 +38,7 @@ DEFAULTS: dict[str, Any] = {
         "image_size": 0,  # 0 -> dataset default (imagefolder / imagenet resize)
         "in_memory": True,  # decode small ImageFolder sets once into a uint8 tensor
         "on_device": False,  # in-memory sets: uint8 images on the training device, batches cropped/flipped there
-        "num_workers": 0,
+        "num_workers": 0,  # DataLoader workers per rank, started from a fork server (utils.data.worker_context)
         "subset": 0,  # >0: a seeded, class-stratified subset of this many training images (quick runs)
         "subset_seed": 0,
         # cross-validation folds (utils/curvature/crossval.py): a fold run trains on every fold but holdout_fold
@@ -320,7 +324,7 @@ def default_run_name(cfg: dict[str, Any]) -> str:
 
 
 # Keys that may differ between a run and its resumption without changing what it computes.
-_RESUME_FREE = ("run", "resume", "paths.", "data.root", "data.folder", "data.num_workers", "data.download",
+_RESUME_FREE = ("run", "resume", "paths.", "dist.", "data.root", "data.folder", "data.num_workers", "data.download",
                 "train.epochs", "train.max_steps", "train.checkpoint_every", "train.eval_batch_size", "train.stats",
                 "train.stats_every", "train.log_every", "train.compile", "score.", "localization.", "analysis.", "report.",
                 "spectrum.", "esm.")

@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .errors import UserError
+from .faults import fault_point
 from .folds import holdout
 from .noise import INSTANCE_RULE, corrupt_labels, instance_noise, pick_duplicates
 
@@ -94,6 +95,7 @@ class IndexedDataset(Dataset):
             return im.convert("RGB")
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor, int]:
+        fault_point("worker")  # the fault suite's DataLoader worker kill (nothing unless $TOOLKIT_FAULT says so)
         return i, self.transform(self.raw(i)), int(self.given_labels[i])
 
     def with_transform(self, transform: Callable) -> IndexedDataset:
@@ -386,7 +388,8 @@ class GlobalBatchSampler(torch.utils.data.Sampler):
 
 def make_loader(ds: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0, rank: int = 0, world: int = 1,
                 num_workers: int = 0) -> torch.utils.data.DataLoader:
+    """The training loader: `GlobalBatchSampler` batches (iterate it through `utils.waits.bounded`)."""
+    from .workers import loader_options
+
     sampler = GlobalBatchSampler(len(ds), batch_size, rank, world, shuffle, seed)
-    # persistent_workers=False: new workers every epoch, seeded from the epoch's reseeded RNG (exact resume)
-    return torch.utils.data.DataLoader(ds, batch_sampler=sampler, num_workers=num_workers,
-                                       pin_memory=torch.cuda.is_available(), persistent_workers=False)
+    return torch.utils.data.DataLoader(ds, batch_sampler=sampler, **loader_options(num_workers))

@@ -1,10 +1,15 @@
-"""torchrun / DDP set-up (NCCL on CUDA, gloo on CPU), rank-0 decisions broadcast, the sharded map over a data set."""
+"""torchrun / DDP set-up (NCCL on CUDA, gloo on CPU), rank-0 decisions broadcast, the sharded map over a data set.
+
+Every collective here is a bounded wait (`utils.waits`): `dist.timeout_s` seconds, then one `error:` line naming
+the rank, the stage and the wait, and exit status 3; the process group's own timeout is a backstop behind it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -12,6 +17,10 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
+
+from . import waits
+from .waits import bounded, stage, waiting
+from .workers import loader_options
 
 
 @dataclass
@@ -26,8 +35,13 @@ class Dist:
         return self.rank == 0
 
 
-def setup() -> Dist:
-    """Initialise the process group when launched by torchrun; a plain process is world size 1."""
+def setup(cfg: dict[str, Any] | None = None) -> Dist:
+    """Initialise the process group when launched by torchrun; a plain process is world size 1.
+
+    `cfg` (a stage's config) sets `dist.timeout_s`, the deadline of every wait (`utils.waits`); give it on the
+    first call, before the process group exists (later calls return the same group)."""
+    if cfg is not None:
+        waits.configure(cfg.get("dist", {}).get("timeout_s"))
     cuda = torch.cuda.is_available()
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         local = int(os.environ.get("LOCAL_RANK", 0))
@@ -36,8 +50,16 @@ def setup() -> Dist:
         if not dist.is_initialized():
             _init_process_group("nccl" if cuda else "gloo")
         device = torch.device("cuda", local) if cuda else torch.device("cpu")
+        waits.configure(rank=dist.get_rank())
         return Dist(dist.get_rank(), dist.get_world_size(), local, device)
     return Dist(0, 1, 0, torch.device("cuda" if cuda else "cpu"))
+
+
+def backend_timeout() -> timedelta:
+    """The process group's own timeout: a backstop behind the watchdog's `dist.timeout_s` (which fires first and
+    names the wait; NCCL's watchdog would abort the process with its own message)."""
+    t = waits.timeout_s()
+    return timedelta(seconds=t + max(60.0, 0.1 * t))
 
 
 def _init_process_group(backend: str) -> None:
@@ -47,13 +69,13 @@ def _init_process_group(backend: str) -> None:
     on gloo before this, 0 of 6 after; RESULTS.md, "Faults survived")."""
     attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
     if attempt == 0:
-        dist.init_process_group(backend)
+        dist.init_process_group(backend, timeout=backend_timeout())
         return
     from torch.distributed.rendezvous import rendezvous
 
-    store, rank, world = next(rendezvous("env://"))
+    store, rank, world = next(rendezvous("env://", timeout=backend_timeout()))
     dist.init_process_group(backend, store=dist.PrefixStore(f"toolkit/attempt_{attempt}", store), rank=rank,
-                            world_size=world)
+                            world_size=world, timeout=backend_timeout())
 
 
 def teardown() -> None:
@@ -61,24 +83,42 @@ def teardown() -> None:
         dist.destroy_process_group()
 
 
-def barrier() -> None:
+def settle(t: torch.Tensor) -> None:
+    """Wait here for a collective on `t` (NCCL returns before it is done): a bounded wait waits inside its block."""
+    if t.is_cuda:
+        torch.cuda.current_stream(t.device).synchronize()
+
+
+def barrier(what: str = "barrier") -> None:
     if dist.is_initialized():
-        dist.barrier()
+        with waiting(what):
+            dist.barrier()
 
 
-def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+def all_reduce_sum(t: torch.Tensor, what: str = "all-reduce") -> torch.Tensor:
     """Sum a tensor over ranks in place (no-op for one process)."""
     if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t)
+        with waiting(what):
+            dist.all_reduce(t)
+            settle(t)
     return t
 
 
-def broadcast_object(obj: object) -> object:
+def broadcast(t: torch.Tensor, what: str = "broadcast from rank 0") -> None:
+    """Rank 0's tensor `t` on every rank, in place."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        with waiting(what):
+            dist.broadcast(t, 0)
+            settle(t)
+
+
+def broadcast_object(obj: object, what: str = "broadcast from rank 0") -> object:
     """Rank 0's Python object on every rank: rank 0 decides (lists a directory, checks a file), all follow."""
     if not (dist.is_initialized() and dist.get_world_size() > 1):
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=0)
+    with waiting(what):
+        dist.broadcast_object_list(box, src=0)
     return box[0]
 
 
@@ -104,7 +144,15 @@ def sharded_map(dataset: Any, fn: Callable[[torch.Tensor, torch.Tensor, torch.Te
     Ranks split the data set at batch boundaries (`batch_rows`), so results do not depend on the number
     of ranks. A rank with no rows still joins every collective with empty tensors of the right dtype and
     shape (taken from a rank that has rows). A data set with a `device_batch(index) -> (x, y)` method
-    (`utils.device_data.DeviceDataset`) makes its batches on the device, without a DataLoader."""
+    (`utils.device_data.DeviceDataset`) makes its batches on the device, without a DataLoader. Waits (each batch,
+    each gather) name `desc` as their stage (`utils.waits`)."""
+    with stage(desc) if desc else contextlib.nullcontext():
+        return _sharded_map(dataset, fn, d, batch_size, desc, num_workers, progress, on_batch)
+
+
+def _sharded_map(dataset: Any, fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], dict[str, torch.Tensor]],
+                 d: Dist, batch_size: int, desc: str, num_workers: int, progress: bool,
+                 on_batch: Callable[[], None] | None) -> dict[str, torch.Tensor]:
     n = len(dataset)
     rows = batch_rows(n, batch_size, d.rank, d.world)
     device_batch = getattr(dataset, "device_batch", None)
@@ -113,10 +161,11 @@ def sharded_map(dataset: Any, fn: Callable[[torch.Tensor, torch.Tensor, torch.Te
         index = torch.arange(rows.start, rows.start + len(rows), dtype=torch.int64, device=d.device)  # may be empty
         loader = ((i, *device_batch(i)) for i in index.split(batch_size) if len(i))
     else:
-        loader = DataLoader(Subset(dataset, list(rows)), batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                            pin_memory=d.device.type == "cuda")
+        loader = DataLoader(Subset(dataset, list(rows)), batch_size=batch_size, shuffle=False,
+                            **{**loader_options(num_workers), "pin_memory": d.device.type == "cuda"})
     parts: dict[str, list[torch.Tensor]] = {}
-    for idx, x, y in tqdm(loader, desc=desc, disable=not (progress and d.is_main), leave=False):
+    for idx, x, y in tqdm(bounded(loader), total=len(loader) if hasattr(loader, "__len__") else None, desc=desc,
+                          disable=not (progress and d.is_main), leave=False):
         out = fn(idx.to(d.device), x.to(d.device, non_blocking=True), y.to(d.device, non_blocking=True))
         for k, v in out.items():
             parts.setdefault(k, []).append(v.detach())
@@ -127,7 +176,8 @@ def sharded_map(dataset: Any, fn: Callable[[torch.Tensor, torch.Tensor, torch.Te
         return {k: v.cpu() for k, v in local.items()}
     spec = {k: (str(v.dtype), tuple(v.shape[1:])) for k, v in local.items()}
     specs = [None] * d.world
-    dist.all_gather_object(specs, spec)
+    with waiting("all-gather of the result shapes"):
+        dist.all_gather_object(specs, spec)
     spec = next((s for s in specs if s), {})
     lengths = [len(batch_rows(n, batch_size, r, d.world)) for r in range(d.world)]
     result = {}
@@ -137,8 +187,9 @@ def sharded_map(dataset: Any, fn: Callable[[torch.Tensor, torch.Tensor, torch.Te
         pad = torch.zeros((max(lengths), *shape), dtype=dt, device=d.device)
         pad[: len(mine)] = mine
         gathered = [torch.empty_like(pad) for _ in range(d.world)]
-        dist.all_gather(gathered, pad)
-        result[k] = torch.cat([g[:m] for g, m in zip(gathered, lengths)]).cpu()
+        with waiting(f"all-gather of {k!r}"):
+            dist.all_gather(gathered, pad)
+            result[k] = torch.cat([g[:m] for g, m in zip(gathered, lengths)]).cpu()
     return result
 
 

@@ -5,7 +5,9 @@
 action: `kill` (SIGKILL this process: no handler, no clean-up, as a pre-empted job) or `enospc` (raise
 OSError(ENOSPC), as a full disk). point: `step` (after an optimizer step), `write` (inside an atomic write,
 after the temporary file is written, before the rename), `stats` (a batch of the per-sample stats pass),
-`score` (a batch of the scorer). n: the fault fires the n-th time the point is reached (1 = the first).
+`score` (a batch of the scorer), `worker` (a sample read by DataLoader worker 0, inside that worker process:
+a worker killed mid-epoch; each worker process counts its own samples, so the fault fires in the first pass whose
+worker 0 reads n samples). n: the fault fires the n-th time the point is reached (1 = the first).
 rank: only on this torchrun rank (default: every rank). With $TOOLKIT_FAULT_ONCE=<path> the fault fires only
 while that file does not exist (it is created first, holding the time it fired), so a restarted job runs clean."""
 
@@ -17,7 +19,7 @@ import signal
 import time
 from pathlib import Path
 
-POINTS = ("step", "write", "stats", "score")
+POINTS = ("step", "write", "stats", "score", "worker")
 _seen: dict[str, int] = {}
 
 
@@ -41,6 +43,12 @@ def fault_point(point: str, path: str | os.PathLike = "") -> None:
     action, _, n, rank = spec
     if rank is not None and int(os.environ.get("RANK", 0)) != rank:
         return
+    if point == "worker":
+        from torch.utils.data import get_worker_info
+
+        info = get_worker_info()
+        if info is None or info.id != 0:
+            return
     _seen[point] = _seen.get(point, 0) + 1
     if _seen[point] != n:
         return

@@ -340,9 +340,9 @@ def open_run(cfg: dict[str, Any]) -> Run:
     """Open `cfg['run']` under `paths.pretrained` (see the module docstring for what comes from where).
 
     Under torchrun rank 0 reads the directory and broadcasts what it found, so ranks never disagree."""
-    dist = setup()
+    dist = setup(cfg)
     found = _try(_read, cfg) if dist.is_main else None
-    ckpts, recorded, record, identity = _raise_or(broadcast_object(found))
+    ckpts, recorded, record, identity = _raise_or(broadcast_object(found, "broadcast of the run record from rank 0"))
     merged = merge_run_config(recorded, cfg, cfg["run"])
     return Run(merged, record, identity, ckpts, run_dir(cfg), score_dir(merged), dist)
 

@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as tdist
 from torch import nn
 from tqdm import tqdm
 
@@ -27,7 +26,7 @@ from .callbacks import Callback, TrainState, check_switches, configured_callback
 from .config import given_keys, identity_hash
 from .data import build_data, make_loader
 from .device_data import device_loader
-from .distributed import Dist, all_reduce_sum, barrier, broadcast_object, convert_sync_batchnorm, setup
+from .distributed import Dist, all_reduce_sum, barrier, broadcast, broadcast_object, convert_sync_batchnorm, setup
 from .errors import UserError
 from .evaluate import autocast, evaluate
 from .faults import fault_point
@@ -48,6 +47,7 @@ from .runs import (
     verify_epoch_files,
     write_run_record,
 )
+from .waits import bounded, set_stage, waiting
 
 __all__ = ["Callback", "TrainState", "train", "main"]
 
@@ -129,7 +129,7 @@ def _sync_buffers(model: nn.Module, dist: Dist) -> None:
     """Rank 0's BatchNorm statistics (and other buffers) on every rank before evaluating / saving."""
     if dist.world > 1:
         for b in model.buffers():
-            tdist.broadcast(b, 0)
+            broadcast(b, "broadcast of the BatchNorm buffers from rank 0")
 
 
 def _save(state: TrainState, rdir: Path, ident: str, metrics: dict[str, Any], keep_epoch: bool,
@@ -207,7 +207,8 @@ def _check(cfg: dict[str, Any]) -> None:
 def train(cfg: dict[str, Any], callbacks: list[Callback] | tuple = ()) -> Path:
     """Train the configured run; returns its directory `pretrained/<run>/`."""
     _check(cfg)
-    dist = setup()
+    dist = setup(cfg)
+    set_stage("training")
     t = cfg["train"]
     state, loader = _build(cfg, dist)
     model, optimizer, data = state.model, state.optimizer, state.data
@@ -253,14 +254,14 @@ def train(cfg: dict[str, Any], callbacks: list[Callback] | tuple = ()) -> Path:
         sizes = [len(b) for b in loader.batch_sampler.global_batches()]
         model.train()
         running = torch.zeros(2, dtype=torch.float64, device=dist.device)  # (loss sum, count) on the device
-        for i, ((idx, x, y), gsize) in enumerate(zip(loader, sizes)):
+        for i, ((idx, x, y), gsize) in enumerate(zip(bounded(loader), sizes)):
             idx, y = idx.to(dist.device, non_blocking=True), y.to(dist.device, non_blocking=True)
             x = x.to(dist.device, non_blocking=True)
             if x.is_floating_point() and x.dtype != dtype:  # train.dtype=float64: exact up-cast of the batch
                 x = x.to(dtype)
             if dist.device.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
-            with autocast(dist.device, t["amp"]):
+            with autocast(dist.device, t["amp"]), waiting(f"step {state.step + 1}: forward (BatchNorm all-reduce)"):
                 losses = per_sample_loss(forward(state.net, x, idx), y)
             loss = losses.sum() * (dist.world / gsize)
             for cb in callbacks:
@@ -268,13 +269,15 @@ def train(cfg: dict[str, Any], callbacks: list[Callback] | tuple = ()) -> Path:
             running[0] += losses.detach().sum().double()
             running[1] += len(y)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            with waiting(f"step {state.step + 1}: backward (gradient all-reduce)"):
+                loss.backward()
             optimizer.step()
             state.scheduler.step()
             state.step += 1
             fault_point("step")
             if (i + 1) % k == 0 or i + 1 == len(sizes) or state.step >= total_steps:  # one host sync every k steps
-                mean = float(running[0] / running[1])
+                with waiting(f"step {state.step}: the steps' collectives (host sync)"):
+                    mean = float(running[0] / running[1])
                 if not math.isfinite(mean):
                     last = list_checkpoints(rdir)[-1][1]
                     bar.close()
@@ -295,7 +298,7 @@ def train(cfg: dict[str, Any], callbacks: list[Callback] | tuple = ()) -> Path:
         want_stats = t["stats"] and (epoch % t["stats_every"] == 0 or last_epoch)
         stats = evaluate(model, data.train_eval, dist, bs, desc="stats", num_workers=workers) if want_stats else {}
         test = evaluate(model, data.test, dist, bs, desc="test", num_workers=workers)
-        all_reduce_sum(running)  # one all-reduce per epoch
+        all_reduce_sum(running, "all-reduce of the epoch's training loss")  # one all-reduce per epoch
         metrics = {"epoch": epoch, "step": state.step, "lr": optimizer.param_groups[0]["lr"],
                    "aug_loss": float(running[0] / max(float(running[1]), 1)),
                    **_epoch_metrics(stats, test, data.record), "time": time.time() - t0}

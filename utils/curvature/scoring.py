@@ -32,6 +32,7 @@ from ..io import load_npz, reap_temporaries, save_npz
 from ..metrics import auroc
 from ..models import input_dtype
 from ..runs import open_run, record_to_numpy, score_dir
+from ..waits import set_stage, stage
 from .estimator import METHODS, input_curvature, sample_probes
 
 SPLITS = {"train": ("train",), "test": ("test",), "both": ("train", "test")}
@@ -97,7 +98,7 @@ def score_model(model: torch.nn.Module, datasets: dict[str, Any], sc: dict[str, 
             r = input_curvature(model, x, y, method=sc["method"], h=sc["h"], probes=probes, max_rows=sc["max_rows"])
             return {k: v.float() for k, v in r.items()}
 
-        res = sharded_map(ds, fn, dist, sc["batch_size"], num_workers=num_workers,
+        res = sharded_map(ds, fn, dist, sc["batch_size"], desc="scoring", num_workers=num_workers,
                           on_batch=bar.update if bar is not None else None)
         prefix = "" if split == "train" else "test_"
         for k in ("curvature", "trace", "hv_norm"):
@@ -157,7 +158,8 @@ def score_run(cfg: dict[str, Any]) -> Path:
     """Score the run `cfg['run']` (see the module docstring); returns the path of curvature.npz."""
     sc = cfg["score"]
     check(sc)
-    dist = setup()
+    dist = setup(cfg)
+    set_stage("scoring")
     run = open_run(cfg)
     sdir = run.scores
     if dist.is_main:
@@ -186,9 +188,10 @@ def score_run(cfg: dict[str, Any]) -> Path:
 
         for e, _ in chosen:
             f = Path(sdir) / f"spectrum_epoch_{e:03d}.npz"
-            if not broadcast_object(f.is_file() if dist.is_main else None):
-                write_spectrum(cfg, run.load_model(e, dist.device), data.train_eval, f, dist, epoch=e)
-            barrier()
+            with stage("spectra"):
+                if not broadcast_object(f.is_file() if dist.is_main else None):
+                    write_spectrum(cfg, run.load_model(e, dist.device), data.train_eval, f, dist, epoch=e)
+                barrier()
     out = Path(sdir) / "curvature.npz"
     if dist.is_main:
         rec = run.record_arrays()

@@ -27,6 +27,7 @@ from ..distributed import Dist, all_reduce_sum
 from ..evaluate import fp32
 from ..io import save_npz
 from ..models import forward
+from ..waits import stage
 from .hessian import HessianOperator, batches_from_dataset, lanczos, slq
 
 SPECTRUM_VERSION = 1
@@ -41,6 +42,7 @@ def sample_indices(n_total: int, n_samples: int, seed: int) -> np.ndarray:
     return np.sort(rng.permutation(n_total)[:n_samples])
 
 
+@stage("spectra")
 def compute_spectrum(model: nn.Module, dataset: Any, cfg: dict[str, Any], dist: Dist | None = None,
                      indices: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Hessian spectrum of the mean loss over a fixed subset of `dataset` (un-augmented), in fp32.

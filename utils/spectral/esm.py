@@ -127,7 +127,7 @@ def run_grid(cfg: dict[str, Any]) -> list[GridPoint]:
     steps = sorted({int(s) for s in e["steps"]})
     if steps[0] < 1:
         raise UserError(f"esm.steps must be optimizer steps >= 1, got {e['steps']}")
-    dist = setup()
+    dist = setup(cfg)
     points = []
     for condition in e["conditions"]:
         for seed in (int(s) for s in e["seeds"]):
