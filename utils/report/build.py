@@ -123,6 +123,12 @@ def _write_csv(path: Path, table: dict[str, np.ndarray]) -> Path:
     return atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False, float_format="%.6g"))
 
 
+def _epochs_text(ep: list[int]) -> str:
+    """'0, 4, 8' or, for many evenly spaced epochs, '0..60 every 1'."""
+    steps = {b - a for a, b in zip(ep, ep[1:])}
+    return f"{ep[0]}..{ep[-1]} every {steps.pop()}" if len(ep) > 6 and len(steps) == 1 else ", ".join(map(str, ep))
+
+
 def load_inputs(run: Run, progress: bool = True) -> dict[str, Any]:
     """What a report ranks, from the run's files: curv (curvature.npz), stats (training statistics), cols (their
     columns for curv's samples), sug (suggested labels), probs (out-of-sample (N, K) or None), scores (id -> (N,))."""
@@ -150,7 +156,7 @@ def make_report(cfg: dict[str, Any], progress: bool = True, html: bool = True) -
     notes = [f"ranking: {rule}" + (" (the default, chosen by evidence on other runs: docs/report.md)"
                                    if r["ranking"] == "auto" else " (report.ranking)")]
     ep = [int(e) for e in curv["epochs"]]
-    notes.append(f"curvature from {len(ep)} scored epochs ({', '.join(map(str, ep))}) of the {len(run.epochs)} saved "
+    notes.append(f"curvature from {len(ep)} scored epochs ({_epochs_text(ep)}) of the {len(run.epochs)} saved "
                  f"({run.epochs[0]}..{run.epochs[-1]})")
     notes.append(f"suggested labels: {sug.source}")
     value = apply_rule(scores, rule)
