@@ -148,7 +148,7 @@ DEFAULTS: dict[str, Any] = {
     },
     "report": {  # memorization_report.py (utils/report/; docs/report.md)
         "ranking": "auto",  # auto = the rule chosen by evidence (utils/report/ranking.py DEFAULT_RULE) | a score id | rankavg:a+b
-        "probs": "auto",  # suggested labels: auto (cv on digits, else the best-test epoch's, from the stats) | best | cv
+        "probs": "auto",  # suggested labels: auto (analysis/cl_probs.npz if cached, cv on digits, else best) | best | cv
         "top": 200,  # suspects shown in report.html (gallery + table); suspects.csv holds every sample
         "gallery": 64,  # images in the gallery figure
         "mislabeled_prob": 0.5,  # likely mislabeled: suggested class != given with at least this probability

@@ -19,7 +19,7 @@ from ..curvature.analysis import checkpoint_probabilities, cl_probabilities, loa
 from ..curvature.duplicates import find_conflicting_pairs
 from ..data import folder_dir, open_image
 from ..errors import UserError
-from ..io import atomic_write, markdown_table, write_table, write_text
+from ..io import atomic_write, load_npz, markdown_table, write_table, write_text
 from ..runs import Run, open_run
 from . import figures
 from .ranking import DEFAULT_RULE, SINGLE, apply_rule, evaluate_rules, members
@@ -48,6 +48,13 @@ def _suggestion(run: Run, stats: dict[str, np.ndarray], cols: np.ndarray, progre
     mode = run.cfg["report"]["probs"]
     if mode not in ("auto", "best", "cv"):
         raise UserError(f"report.probs must be auto, best or cv, got {mode!r}")
+    cache = run.scores / "analysis" / "cl_probs.npz"  # out-of-sample probabilities an earlier analysis computed
+    if mode == "auto" and cache.is_file():
+        z = load_npz(cache, "run analyze_curvature.py again", require=("probs", "labels", "source"))
+        given = stats["given_label"][cols]
+        if np.array_equal(z["labels"][stats["index"][cols]], given):
+            probs = z["probs"][stats["index"][cols]]
+            return suggestion_from_probs(probs, given, str(z["source"]), True), probs
     if mode == "best" or (mode == "auto" and run.cfg["data"]["name"] != "digits"):
         sug = suggestion_from_stats(stats)
         return Suggestion(sug.label[cols], sug.prob[cols], sug.given_prob[cols], sug.source, False), None
