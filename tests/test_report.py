@@ -167,3 +167,21 @@ def test_the_notebook_shows_the_report_of_the_run_in_its_parameters_cell(noisy, 
     md = "".join(o.get("data", {}).get("text/markdown", "") for o in outputs)
     assert "| rank |" in md and "precision_at_k" in md
     assert (scores / "tiny/report/report.html").is_file()
+
+
+def test_auto_takes_cached_out_of_sample_probabilities(noisy, tmp_path):
+    from utils.io import save_npz
+
+    scores = tmp_path / "scores"
+    shutil.copytree(noisy["paths"]["scores"], scores)
+    given = load_npz(run_dir(noisy) / "train_stats.npz")["given_label"]
+    probs = np.full((len(given), 10), 0.01)
+    probs[np.arange(len(given)), (given + 3) % 10] = 0.91
+    save_npz(scores / "tiny/analysis/cl_probs.npz", probs=probs, labels=given, seed=np.int64(0),
+             source=np.array("out-of-sample test folds"))
+    cfg = {**noisy, "paths": {**noisy["paths"], "scores": str(scores)}, "report": {**noisy["report"], "probs": "auto"}}
+    res = make_report(cfg, progress=False, html=False)
+    t = res["table"]
+    np.testing.assert_array_equal(t["suggested_label"], (t["given_label"] + 3) % 10)
+    np.testing.assert_allclose(t["suggested_prob"], 0.91)
+    assert "suggested labels: out-of-sample test folds" in res["notes"]
