@@ -185,3 +185,20 @@ def test_auto_takes_cached_out_of_sample_probabilities(noisy, tmp_path):
     np.testing.assert_array_equal(t["suggested_label"], (t["given_label"] + 3) % 10)
     np.testing.assert_allclose(t["suggested_prob"], 0.91)
     assert "suggested labels: out-of-sample test folds" in res["notes"]
+
+
+def test_scores_in_column_chunks_equal_the_whole_file_at_once():
+    from utils.report.table import all_scores
+
+    rng = np.random.default_rng(1)
+    e, n = 4, 50
+    stats = {"epochs": np.arange(1, e + 1), "loss": rng.random((e, n)).astype(np.float32),
+             "correct": rng.random((e, n)) > 0.3, "margin": rng.normal(size=(e, n)).astype(np.float32)}
+    pe = rng.random((e, n)).astype(np.float32)
+    pe[0, :5] = 0.0  # zeros meet the geometric mean's floor, which must be the whole file's
+    curv = {"per_epoch": pe, "curvature": pe.mean(0), "hv_norm": pe.mean(0)}
+    sug = Suggestion(np.zeros(n, np.int64), np.ones(n), rng.random(n), "", False)
+    whole, chunked = all_scores(stats, curv, np.arange(n), sug), all_scores(stats, curv, np.arange(n), sug, chunk=7)
+    assert whole.keys() == chunked.keys()
+    for k in whole:
+        np.testing.assert_array_equal(whole[k], chunked[k])

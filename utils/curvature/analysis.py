@@ -84,13 +84,20 @@ def baseline_scores(stats: dict[str, np.ndarray], cols: np.ndarray | None = None
             "in_confidence": (1.0 - np.exp(-loss)).mean(0), "neg_margin": -margin[-1].astype(np.float64)}
 
 
-def curvature_scores(sc: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def positive_floor(per_epoch: np.ndarray) -> float:
+    """The smallest positive per-epoch curvature (the geometric mean's floor for zeros); 1e-30 if none."""
+    pos = np.where(per_epoch > 0, per_epoch, np.inf).min(initial=np.inf)
+    return float(pos) if np.isfinite(pos) else 1e-30
+
+
+def curvature_scores(sc: dict[str, np.ndarray], floor: float | None = None) -> dict[str, np.ndarray]:
     """Every per-sample curvature score (id -> (N,) float64) of a curvature.npz: the mean of tr(H^2) estimates
     over epochs (the paper's definition), spike-robust aggregates (geometric mean, median), the official code's
-    form (mean unsquared ||Hv||, behind the published numbers up to the factor h/B) and the mean tr H."""
+    form (mean unsquared ||Hv||, behind the published numbers up to the factor h/B) and the mean tr H.
+    `floor`: the geometric mean's floor (default: `positive_floor` of these samples; pass the whole file's when
+    scoring it in column chunks)."""
     pe = np.asarray(sc["per_epoch"], np.float64)
-    pos = pe[pe > 0]
-    floor = pos.min() if pos.size else 1e-30
+    floor = positive_floor(pe) if floor is None else floor
     out = {MAIN: sc["curvature"].astype(np.float64), "curvature_geomean": np.exp(np.log(np.maximum(pe, floor)).mean(0)),
            "curvature_median": np.median(pe, axis=0)}
     if "hv_norm" in sc:

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ..curvature.analysis import baseline_scores, confident_learning, curvature_scores
+from ..curvature.analysis import baseline_scores, confident_learning, curvature_scores, positive_floor
 from .ranking import apply_rule, order
 
 CATEGORIES = ("conflicting duplicate", "likely mislabeled", "ambiguous", "atypical / memorized", "—")
@@ -74,12 +74,21 @@ def suggestion_from_probs(probs: np.ndarray, given: np.ndarray, source: str, out
 
 
 def all_scores(stats: dict[str, np.ndarray], curv: dict[str, np.ndarray], cols: np.ndarray,
-               sug: Suggestion, probs: np.ndarray | None = None) -> dict[str, np.ndarray]:
+               sug: Suggestion, probs: np.ndarray | None = None, chunk: int = 65536) -> dict[str, np.ndarray]:
     """Every per-sample score (id -> (N,) float64, higher = more suspicious) of a run: the training-dynamics
     baselines, the curvature aggregates and Confident Learning's 1 - self-confidence (cleanlab's label quality
-    from `probs` when given, else 1 - the suggestion's given-label probability, which is the same quantity)."""
-    out = curvature_scores(curv)
-    out.update(baseline_scores(stats, cols))
+    from `probs` when given, else 1 - the suggestion's given-label probability, which is the same quantity).
+    Computed `chunk` samples at a time, so the (E, N) float64 temporaries stay small at ImageNet size."""
+    per_epoch = curv["per_epoch"]
+    floor = positive_floor(per_epoch)
+    parts = []
+    for a in range(0, len(cols), chunk):
+        sl = slice(a, a + chunk)
+        part = curvature_scores({k: (v[:, sl] if k == "per_epoch" else v[sl]) for k, v in curv.items()
+                                 if k in ("per_epoch", "curvature", "hv_norm", "trace")}, floor)
+        part.update(baseline_scores(stats, cols[sl]))
+        parts.append(part)
+    out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     given = stats["given_label"][cols]
     out["confident_learning"] = confident_learning(given, probs)["score"] if probs is not None else 1.0 - sug.given_prob
     return out
