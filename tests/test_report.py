@@ -193,7 +193,8 @@ def test_scores_in_column_chunks_equal_the_whole_file_at_once():
     rng = np.random.default_rng(1)
     e, n = 4, 50
     stats = {"epochs": np.arange(1, e + 1), "loss": rng.random((e, n)).astype(np.float32),
-             "correct": rng.random((e, n)) > 0.3, "margin": rng.normal(size=(e, n)).astype(np.float32)}
+             "correct": rng.random((e, n)) > 0.3, "margin": rng.normal(size=(e, n)).astype(np.float32),
+             "given_label": np.zeros(n, np.int64)}
     pe = rng.random((e, n)).astype(np.float32)
     pe[0, :5] = 0.0  # zeros meet the geometric mean's floor, which must be the whole file's
     curv = {"per_epoch": pe, "curvature": pe.mean(0), "hv_norm": pe.mean(0)}
