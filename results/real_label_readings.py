@@ -36,7 +36,7 @@ def main() -> None:
     table = pd.read_csv(Path(args.scores) / args.run / "report" / "suspects.csv")
     with open(args.readings) as f:
         read = {int(r["index"]): r["reading"] for r in csv.DictReader(f)}
-    kinds = [k for k in ("mislabeled", "ambiguous", "unusual writing", "clearly fine") if k in read.values()]
+    kinds = [k for k in ("mislabeled", "ambiguous", "unusual writing", "unusual", "clearly fine") if k in read.values()]
     n = len(table)
     top = max(1, round(0.01 * n))
     pos = {i: p for p, i in enumerate(table["index"].to_numpy())}
