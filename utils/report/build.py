@@ -205,11 +205,12 @@ def _figures(run: Run, out: Path, table: dict[str, np.ndarray], stats: dict[str,
     figs = {"gallery": figures.gallery(_images(run, sources, _pos(curv, table["index"][:g])),
                                        table, out / "gallery.png")}
     shown = pairs[:24]
-    cls = list(run.record["classes"])
+    cls, index = list(run.record["classes"]), np.asarray(curv["index"])
     figs["duplicate_pairs"] = figures.duplicate_pairs(
         _images(run, sources, [p["i"] for p in shown]), _images(run, sources, [p["j"] for p in shown]),
-        [(f"#{p['i']} {cls[p['given_i']][:8]}", f"#{p['j']} {cls[p['given_j']][:8]}\nRMS {p['pixel_rms']:.3f}")
-         for p in shown], out / "duplicate_pairs.png")
+        [(f"#{index[p['i']]} {cls[p['given_i']][:8]}",
+          f"#{index[p['j']]} {cls[p['given_j']][:8]}\nRMS {p['pixel_rms']:.3f}") for p in shown],
+        out / "duplicate_pairs.png")
     figs["per_class"] = figures.per_class(table, cls, top, out / "per_class.png")
     correct = stats["correct"][:, cols]
     top_pos = cols[_pos(curv, table["index"][:top])]

@@ -16,6 +16,7 @@ import numpy as np
 from scipy.stats import rankdata
 
 from ..errors import UserError
+from ..metrics import auroc
 
 # Chosen by results/report_ranking.py on the digits selection runs (seed 0: symmetric, asymmetric and
 # instance-dependent noise at 10 %): the highest mean precision at k; docs/report.md "How the ranking was chosen".
@@ -76,8 +77,6 @@ def recall_at_fraction(value: np.ndarray, target: np.ndarray, fraction: float = 
 
 def evaluate_rules(scores: dict[str, np.ndarray], target: np.ndarray, rules: tuple[str, ...] | list[str]) -> list[dict]:
     """One row per rule whose members the run has: precision at k, recall in the top 1 %, AUROC."""
-    from ..metrics import auroc
-
     rows = []
     for rule in rules:
         if any(m not in scores for m in members(rule)):
