@@ -53,7 +53,8 @@ def per_class(table: dict[str, np.ndarray], classes: list[str], top: int, path: 
         ax.bar(np.arange(k), row, bottom=bottom, color=COLORS[c], label=c, width=0.7)
         bottom += row
     ax.plot(np.arange(k), share, "k_", markersize=14, mew=2, label="expected if spread like the data")
-    ax.set_xticks(np.arange(k), [c[:10] for c in classes], rotation=45 if k > 10 else 0, ha="right" if k > 10 else "center",
+    tilt = k > 10 or k * max(len(c[:10]) for c in classes) > 60  # names that would touch are tilted
+    ax.set_xticks(np.arange(k), [c[:10] for c in classes], rotation=35 if tilt else 0, ha="right" if tilt else "center",
                   fontsize=7)
     ax.set_ylabel(f"suspects in the top {top}")
     ax.set_title("Top suspects per given class" + (f" (the {k} classes with most)" if nk > k else ""), fontsize=9)
