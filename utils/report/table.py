@@ -124,7 +124,7 @@ def suspect_table(stats: dict[str, np.ndarray], curv: dict[str, np.ndarray], col
     index = np.asarray(curv["index"])
     given = stats["given_label"][cols].astype(np.int64)
     last = stats["correct"][-1][cols].astype(bool)
-    predicted = np.where(last, given, stats["other"][-1][cols]).astype(np.int64)
+    predicted = predicted_at(stats, len(stats["epochs"]) - 1)[0][cols]
     lt = scores["learning_time"]
     never = lt > stats["epochs"][-1]
     fitted_epoch = np.where(never, -1, lt).astype(np.int64)
