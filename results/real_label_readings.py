@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from utils.io import markdown_table, write_table  # noqa: E402
+from utils.report.ranking import order  # noqa: E402
 from utils.report.table import SCORE_COLUMNS  # noqa: E402
 
 
@@ -44,7 +45,7 @@ def main() -> None:
     for score in ["report_score", *[s for s in SCORE_COLUMNS if s in table]]:
         v = table[score].to_numpy(np.float64)
         rank = np.empty(n, np.int64)
-        rank[np.argsort(-np.nan_to_num(v, nan=-np.inf), kind="stable")] = np.arange(1, n + 1)
+        rank[order(v)] = np.arange(1, n + 1)
         row = {"score": score}
         for k in kinds:
             r = np.array([rank[pos[i]] for i, kk in read.items() if kk == k])
