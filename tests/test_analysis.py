@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from utils.curvature.analysis import (
-    SCORES,
     analyze,
     baseline_scores,
     confident_learning,
@@ -17,11 +16,14 @@ from utils.curvature.analysis import (
     learning_time,
     targets_of,
 )
-from utils.curvature.ensemble import MLPSpec, cv_probabilities
+from utils.curvature.ensemble import MLPSpec, predict, train_ensemble
 from utils.errors import UserError
+from utils.folds import membership
+from utils.holdout.stage import run_holdout
 from utils.io import load_npz, save_npz
 from utils.metrics import auprc, auroc
 from utils.runs import run_dir, score_dir
+from utils.scores.catalogue import SCORES
 from utils.train import train
 
 from .conftest import ROOT, run_script, tiny_cfg
@@ -120,14 +122,20 @@ def test_confident_learning_flags_the_contradicted_label():
     assert np.argmax(cl["score"]) == 7 and auroc(cl["score"], np.arange(60) == 7) == 1.0
 
 
-def test_cv_probabilities_are_out_of_sample():
+def test_mlp_ensemble_on_fold_masks_is_out_of_sample():
+    """The holdout stage's mlp method: model k trains on every fold but k and predicts fold k."""
     g = torch.Generator().manual_seed(0)
     x = torch.cat([torch.randn(40, 2, generator=g) * 0.3 - 2, torch.randn(40, 2, generator=g) * 0.3 + 2])
     y = torch.cat([torch.zeros(40, dtype=torch.long), torch.ones(40, dtype=torch.long)])
     y[3] = 1  # deep inside class 0
-    probs = cv_probabilities(x, y, 2, MLPSpec(width=16, epochs=30, lr=0.1, batch_size=16), folds=4, progress=False)
+    mask = membership(y.numpy(), "folds", 4, seed=0)
+    params = train_ensemble(x, y, torch.from_numpy(mask), MLPSpec(width=16, epochs=30, lr=0.1, batch_size=16), 2,
+                            progress=False)
+    all_probs = torch.softmax(predict(params, x), -1).numpy()  # (4, 80, 2)
+    probs = all_probs[(~mask).argmax(0), np.arange(80)]  # each sample from the model that held it out
     assert probs.shape == (80, 2) and np.allclose(probs.sum(1), 1, atol=1e-5)
     assert probs[3, 1] < 0.2  # held out, its wrong label gets low probability
+    assert all_probs[int(np.flatnonzero(mask[:, 3])[0]), 3, 1] > 0.5  # a model that trained on it fits it
     clean = np.ones(80, bool)
     clean[3] = False
     assert (probs[clean, y.numpy()[clean]] > 0.5).mean() > 0.95
@@ -161,14 +169,13 @@ def test_analyze_tiny_run_known_aurocs(noisy_run):
     b = baseline_scores(rec)
     for name in ("cumulative_loss", "learning_time", "loss_final"):
         assert float(rows[name]["auroc"]) == pytest.approx(auroc(b[name], noisy), abs=1e-6)
-    assert "confident_learning" in rows and "cross-validated" in res["cl_source"]
+    assert "confident_learning" in rows and "in-sample" in res["cl_source"]  # no holdout files yet
     md = (out / "auroc.md").read_text()
     assert "| curvature (mean over epochs) | `curvature` | 1.0000 | 1.0000 |" in md and "Confident Learning" in md
-    # the cross-validated probabilities are cached and reused (no retraining on the next analysis)
-    cache = out / "cl_probs.npz"
-    stamp = cache.stat().st_mtime_ns
-    analyze(cfg, progress=False, figures=False)
-    assert cache.stat().st_mtime_ns == stamp
+    # with the holdout stage's files, Confident Learning reads them (the analysis never trains)
+    run_holdout({**cfg, "holdout": {**cfg["holdout"], "method": "mlp", "models": 3}}, progress=False)
+    again = analyze(cfg, progress=False, figures=False)
+    assert "out-of-sample probabilities of 3 MLPs" in again["cl_source"]
     for name in ("roc", "curvature_hist", "curvature_epochs", "auroc_vs_epoch", "topk_curvature"):
         png = out / f"{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -12,8 +12,9 @@ from utils.errors import UserError
 from utils.io import load_npz
 from utils.report.build import make_report
 from utils.report.ranking import apply_rule, precision_at_k, rank_fraction, recall_at_fraction
-from utils.report.table import CATEGORIES, Suggestion, best_epoch, categories, predicted_at
-from utils.runs import run_dir
+from utils.report.table import Suggestion, best_epoch, categories, predicted_at
+from utils.runs import open_run, run_dir
+from utils.scores.catalogue import CATEGORY_NAMES as CATEGORIES
 
 from .conftest import execute_notebook, run_script, tiny_cfg, write_image_folder
 from .test_analysis import make_run, read_csv, write_scores
@@ -59,19 +60,34 @@ def test_predictions_and_the_best_epoch_come_from_the_statistics():
     np.testing.assert_allclose(prob, [np.exp(-0.1), np.exp(-0.2), 0.7, 0.9], rtol=1e-6)
 
 
-def test_categories_follow_their_documented_order_of_evidence():
-    n = 6
-    given = np.zeros(n, np.int64)
-    predicted = np.array([0, 0, 1, 1, 0, 0])
-    sug = Suggestion(np.array([0, 0, 1, 1, 0, 2]), np.array([0.9, 0.9, 0.8, 0.3, 0.9, 0.9]), np.zeros(n), "", True)
-    fitted_epoch = np.array([1, 9, -1, -1, 1, 1])
-    curvature = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 5.0])
-    in_pair = np.array([False, False, False, False, True, False])
-    cat = categories(given=given, predicted=predicted, sug=sug, fitted_epoch=fitted_epoch, first_epoch=1,
-                     curvature=curvature, in_pair=in_pair, mislabeled_prob=0.5, late_fraction=0.2)
-    # 0 fine; 1 fitted last of all (atypical); 2 confidently another class; 3 unfitted, no confident class;
-    # 4 one side of a conflicting pair; 5 suggested elsewhere with p 0.9 beats its high curvature
-    assert list(cat) == [CATEGORIES[4], CATEGORIES[3], CATEGORIES[1], CATEGORIES[2], CATEGORIES[0], CATEGORIES[1]]
+def test_categories_on_held_out_evidence_follow_their_documented_order():
+    dup, mislabeled, ambiguous, memorized, none = CATEGORIES
+    given = np.zeros(6, np.int64)
+    predicted = np.array([0, 0, 0, 1, 0, 0])  # the run's final prediction: all but sample 3 fitted
+    probs = np.array([[0.9, 0.05, 0.05],  # 0 held out, still its label: fine
+                      [0.1, 0.8, 0.1],  # 1 held-out models are sure it is class 1: likely mislabeled
+                      [0.4, 0.45, 0.15],  # 2 split between the given label and class 1: ambiguous
+                      [0.2, 0.3, 0.5],  # 3 not fitted, held out it is class 2 at 0.5: likely mislabeled
+                      [0.3, 0.35, 0.35],  # 4 fitted, wrong out of sample, no class confident: memorized
+                      [0.1, 0.8, 0.1]])  # 5 one side of a conflicting pair beats everything
+    sug = Suggestion(probs.argmax(1), probs.max(1), probs[:, 0], "", True, probs)
+    in_pair = np.array([False] * 5 + [True])
+    cat = categories(given=given, predicted=predicted, sug=sug, in_pair=in_pair, mislabeled_prob=0.5, split_prob=0.4)
+    assert list(cat) == [none, mislabeled, ambiguous, mislabeled, memorized, dup]
+    # memorized needs the run to have fitted it: the same probabilities unfitted are not memorization
+    cat = categories(given=given, predicted=np.ones(6, np.int64), sug=sug, in_pair=in_pair, mislabeled_prob=0.5,
+                     split_prob=0.4)
+    assert cat[4] == none
+
+
+def test_in_sample_categories_never_call_a_sample_memorized():
+    dup, mislabeled, ambiguous, memorized, none = CATEGORIES
+    given = np.zeros(4, np.int64)
+    predicted = np.array([0, 1, 1, 0])
+    sug = Suggestion(np.array([0, 1, 1, 2]), np.array([0.9, 0.9, 0.3, 0.6]), np.zeros(4), "", False)
+    cat = categories(given=given, predicted=predicted, sug=sug, in_pair=np.zeros(4, bool), mislabeled_prob=0.5,
+                     split_prob=0.25)
+    assert list(cat) == [none, mislabeled, ambiguous, mislabeled] and memorized not in cat
 
 
 # ----------------------------------------------------------------------------- the stage
@@ -169,26 +185,67 @@ def test_the_notebook_shows_the_report_of_the_run_in_its_parameters_cell(noisy, 
     assert (scores / "tiny/report/report.html").is_file()
 
 
-def test_auto_takes_cached_out_of_sample_probabilities(noisy, tmp_path):
+def write_holdout(cfg: dict, probs: np.ndarray, source: str = "hand-made held-out probabilities") -> None:
+    """A holdout.npz in the holdout stage's format: 2 folds, sample i held out by model i % 2 with `probs` (N, K)."""
+    from utils.holdout.files import FILE, holdout_dir
     from utils.io import save_npz
 
+    run = open_run(cfg)
+    n = len(probs)
+    model = np.arange(n) % 2
+    mask = np.stack([model != 0, model != 1])
+    save_npz(holdout_dir(run.scores) / FILE, probs=probs.astype(np.float32), sample=np.arange(n), model=model,
+             train_mask=mask, given_label=run.record["given_labels"].numpy(), accuracy=np.array([0.9, 0.9]),
+             accuracy_true=np.array([0.9, 0.9]), test_accuracy=np.array([0.8, 0.8]), seconds=np.ones(2),
+             model_runs=np.array(["a", "b"]), identity=np.array("x"), run_identity=np.array(run.identity),
+             settings=np.array('{"scheme": "folds"}'), source=np.array(source))
+
+
+def test_the_report_reads_the_holdout_files_and_never_trains(noisy, tmp_path):
     scores = tmp_path / "scores"
     shutil.copytree(noisy["paths"]["scores"], scores)
+    cfg = {**noisy, "paths": {**noisy["paths"], "scores": str(scores)}, "report": {**noisy["report"], "probs": "auto"}}
     given = load_npz(run_dir(noisy) / "train_stats.npz")["given_label"]
     probs = np.full((len(given), 10), 0.01)
     probs[np.arange(len(given)), (given + 3) % 10] = 0.91
-    save_npz(scores / "tiny/analysis/cl_probs.npz", probs=probs, labels=given, seed=np.int64(0),
-             source=np.array("out-of-sample test folds"))
-    cfg = {**noisy, "paths": {**noisy["paths"], "scores": str(scores)}, "report": {**noisy["report"], "probs": "auto"}}
+    write_holdout(cfg, probs)
+    before = sorted(p.name for p in run_dir(noisy).parent.iterdir())
     res = make_report(cfg, progress=False, html=False)
     t = res["table"]
     np.testing.assert_array_equal(t["suggested_label"], (t["given_label"] + 3) % 10)
-    np.testing.assert_allclose(t["suggested_prob"], 0.91)
-    assert "suggested labels: out-of-sample test folds" in res["notes"]
+    np.testing.assert_allclose(t["suggested_prob"], 0.91, rtol=1e-6)
+    assert set(t["suggestion_source"]) == {"holdout"} and set(t["category"]) == {CATEGORIES[1]}
+    assert any("hand-made held-out probabilities" in n for n in res["notes"])
+    assert sorted(p.name for p in run_dir(noisy).parent.iterdir()) == before  # no model was trained
+    # p_out(given) = 0.01 for every sample: memorization = p_in - 0.01 with the one-model Wilson interval
+    st = load_npz(run_dir(noisy) / "train_stats.npz")
+    p_in = np.exp(-st["loss"][-3:].astype(np.float64)).mean(0)[t["index"]]
+    np.testing.assert_allclose(t["memorization"], p_in - 0.01, atol=1e-6)
+    assert (t["memorization_lo"] <= t["memorization"]).all() and (t["memorization"] <= t["memorization_hi"]).all()
+    # report.probs=holdout without the files is one error line; best ignores them
+    (scores / "tiny/holdout/holdout.npz").unlink()
+    with pytest.raises(UserError, match="holdout.py run=tiny"):
+        make_report({**cfg, "report": {**cfg["report"], "probs": "holdout"}}, progress=False, html=False)
+    res = make_report(cfg, progress=False, html=False)
+    assert set(res["table"]["suggestion_source"]) == {"in-sample"} and CATEGORIES[3] not in res["table"]["category"]
+
+
+def test_holdout_files_of_another_version_of_the_run_are_refused(noisy, tmp_path):
+    scores = tmp_path / "scores"
+    shutil.copytree(noisy["paths"]["scores"], scores)
+    cfg = {**noisy, "paths": {**noisy["paths"], "scores": str(scores)}, "report": {**noisy["report"], "probs": "auto"}}
+    write_holdout(cfg, np.full((300, 10), 0.1))
+    from utils.io import save_npz
+
+    path = scores / "tiny/holdout/holdout.npz"
+    z = load_npz(path)
+    save_npz(path, **{**z, "run_identity": np.array("0123456789abcdef")})
+    with pytest.raises(UserError, match="another version of run tiny.*holdout.py run=tiny again"):
+        make_report(cfg, progress=False, html=False)
 
 
 def test_scores_in_column_chunks_equal_the_whole_file_at_once():
-    from utils.report.table import all_scores
+    from utils.scores.compute import all_scores
 
     rng = np.random.default_rng(1)
     e, n = 4, 50
@@ -198,8 +255,13 @@ def test_scores_in_column_chunks_equal_the_whole_file_at_once():
     pe = rng.random((e, n)).astype(np.float32)
     pe[0, :5] = 0.0  # zeros meet the geometric mean's floor, which must be the whole file's
     curv = {"per_epoch": pe, "curvature": pe.mean(0), "hv_norm": pe.mean(0)}
-    sug = Suggestion(np.zeros(n, np.int64), np.ones(n), rng.random(n), "", False)
-    whole, chunked = all_scores(stats, curv, np.arange(n), sug), all_scores(stats, curv, np.arange(n), sug, chunk=7)
-    assert whole.keys() == chunked.keys()
-    for k in whole:
-        np.testing.assert_array_equal(whole[k], chunked[k])
+    probs = rng.dirichlet(np.ones(3), n)
+    held = {"probs": probs, "n_out": rng.integers(0, 3, n)}
+    for h in (None, held):
+        whole = all_scores(stats, curv, np.arange(n), rng.random(n), h)
+        chunked = all_scores(stats, curv, np.arange(n), rng.random(n), h, chunk=7)
+        assert whole.keys() == chunked.keys()
+        for k in whole:
+            if k != "confident_learning" or h is not None:
+                np.testing.assert_array_equal(whole[k], chunked[k])
+    assert np.isnan(whole["memorization"][held["n_out"] == 0]).all()  # no model held it out: no estimate

@@ -41,10 +41,17 @@ DEFAULTS: dict[str, Any] = {
         "num_workers": 0,  # DataLoader workers per rank, started from a fork server (utils.data.worker_context)
         "subset": 0,  # >0: a seeded, class-stratified subset of this many training images (quick runs)
         "subset_seed": 0,
-        # cross-validation folds (utils/curvature/crossval.py): a fold run trains on every fold but holdout_fold
+        # holdout model runs (utils/holdout/, utils/folds.py): model holdout_fold of `folds` trains on its share
         "folds": 0,  # >1: split the training set into this many stratified, seeded folds (0 = no folds)
         "holdout_fold": 0,  # the fold left out of this run's training set (0..folds-1)
         "fold_seed": 0,  # seed of the fold assignment
+        "fold_scheme": "folds",  # folds (each sample held out by one model) | subsets (random fold_fraction subsets)
+        "fold_fraction": 0.5,  # subsets: share of the training set each model trains on
+        # labels / exclusions from a CSV (utils/labels.py; the format report.html exports, docs/report.md)
+        "labels": "",  # CSV path: train with its labels (keyed by file or index); "" = the data set's own
+        "labels_column": "label",  # the CSV column holding the labels (class names or numbers), e.g. aggre
+        "labels_key": "auto",  # auto (file for folder data when the CSV has it, else index) | file | index
+        "exclude": "",  # CSV path: leave out the rows whose `remove` column is 1 / true
     },
     "noise": {
         "kind": "none",  # none | symmetric | asymmetric | random | instance (needs noise.reference)
@@ -87,13 +94,25 @@ DEFAULTS: dict[str, Any] = {
         "checkpoint_every": 1,  # save every k-th epoch (epoch 0 and the last are always saved)
         "compile": False,  # torch.compile the training forward (CUDA; evaluation and scoring stay eager)
         "dtype": "float32",  # float32 | float64: model, batches, evaluation and scoring (float64: not with amp on CUDA)
+        "init": "",  # a run under paths.pretrained whose final weights the model starts from (e.g. trained on other data)
+        "init_identity": "",  # filled in by training: the init run's identity hash (leave empty)
+    },
+    # holdout.py (utils/holdout/): models of the run's recipe trained on part of the data predict the rest
+    "holdout": {
+        "method": "recipe",  # recipe: models of the run's own recipe (any data) | mlp: small MLPs on pixels (seconds)
+        "scheme": "folds",  # folds (K folds, each sample held out once) | subsets (M random subsets, Feldman-Zhang)
+        "models": 2,  # K folds / M subset models
+        "fraction": 0.5,  # subsets: share of the training set each model trains on
+        "seed": 0,  # fold / subset assignment
+        "init": "",  # a run (trained on other data) whose final weights every holdout model starts from and fine-tunes
+        "train": {},  # the holdout models' own recipe: overrides of the run's train.* (e.g. {epochs: 6, lr: 0.01})
+        "model": {},  # overrides of the run's model.* (e.g. {width: 8})
     },
     # analyze_curvature.py / find_duplicates.py / fz_memorization.py (utils/curvature/)
     "analysis": {
         "top_k": 32,  # images in the top-curvature grid
-        "cl_probs": "auto",  # Confident Learning probabilities: auto (cv_mlp on digits, best else) | cv | cv_mlp | best | none
-        # cv: K fold runs of the run's own recipe (costs K trainings); cv_mlp: K MLPs on flattened pixels (cheap)
-        "cv_folds": 5,  # folds of the out-of-sample probabilities
+        # Confident Learning probabilities: auto (the holdout stage's where the run has them, else best) | holdout | best | none
+        "cl_probs": "auto",
         "seed": 0,  # CV folds, FZ subsets and initialisations
         "dup_top": 100,  # duplicate finder: search from the top-k curvature samples (0 = all)
         "dup_neighbors": 5,  # nearest neighbours looked at per searched sample, in each space
@@ -148,11 +167,12 @@ DEFAULTS: dict[str, Any] = {
     },
     "report": {  # memorization_report.py (utils/report/; docs/report.md)
         "ranking": "auto",  # auto = the rule chosen by evidence (utils/report/ranking.py DEFAULT_RULE) | a score id | rankavg:a+b
-        "probs": "auto",  # suggested labels: auto (analysis/cl_probs.npz if cached, cv on digits, else best) | best | cv
+        "probs": "auto",  # suggested labels: auto (the holdout stage's where the run has them, else best) | holdout | best
         "top": 200,  # suspects shown in report.html (gallery + table); suspects.csv holds every sample
         "gallery": 64,  # images in the gallery figure
         "mislabeled_prob": 0.5,  # likely mislabeled: suggested class != given with at least this probability
-        "late_fraction": 0.01,  # atypical: learned in the latest / curvature in the top this fraction of samples
+        "split_prob": 0.25,  # ambiguous: held out, the given label and another class both at least this probable
+        "late_epochs": 3,  # memorization's p_in: the run's p(given) averaged over its last this many recorded epochs
         "duplicates": "auto",  # conflicting-duplicate search: auto (in-memory data up to dup_max_n samples) | on | off
         "dup_top": 1000,  # search from the top-k of the ranking and the top-k curvature samples
         "dup_neighbors": 5,  # nearest neighbours in pixels looked at per searched sample
@@ -179,7 +199,8 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-MAPPING_KEYS = ("model.kwargs",)  # keys whose value is a free-form mapping (one leaf, not a section)
+# keys whose value is a free-form mapping (one leaf, not a section)
+MAPPING_KEYS = ("model.kwargs", "holdout.train", "holdout.model")
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -327,13 +348,15 @@ def default_run_name(cfg: dict[str, Any]) -> str:
 _RESUME_FREE = ("run", "resume", "paths.", "dist.", "data.root", "data.folder", "data.num_workers", "data.download",
                 "train.epochs", "train.max_steps", "train.checkpoint_every", "train.eval_batch_size", "train.stats",
                 "train.stats_every", "train.log_every", "train.compile", "score.", "localization.", "analysis.", "report.",
-                "spectrum.", "esm.")
+                "spectrum.", "esm.", "holdout.")
 
 
 # Run-defining keys added after runs were recorded: left out of the identity while at this default.
 _ADDED_LATER = {"data.on_device": False, "train.optimizer": "sgd", "data.folds": 0, "data.holdout_fold": 0,
                 "data.fold_seed": 0, "noise.reference": "", "noise.reference_identity": "", "model.kwargs": {},
-                "train.dtype": "float32"}
+                "train.dtype": "float32", "data.fold_scheme": "folds", "data.fold_fraction": 0.5, "data.labels": "",
+                "data.labels_column": "label", "data.labels_key": "auto", "data.exclude": "", "train.init": "",
+                "train.init_identity": ""}
 
 
 def identity_items(cfg: dict[str, Any]) -> dict[str, Any]:

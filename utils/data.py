@@ -19,7 +19,8 @@ from torch.utils.data import Dataset
 
 from .errors import UserError
 from .faults import fault_point
-from .folds import holdout
+from .folds import holdout, restrict
+from .labels import apply_labels, exclude_positions
 from .noise import INSTANCE_RULE, corrupt_labels, instance_noise, pick_duplicates
 
 CIFAR_MEAN = {"cifar10": (0.4914, 0.4822, 0.4465), "cifar100": (0.5071, 0.4865, 0.4409)}
@@ -306,6 +307,12 @@ def build_data(cfg: dict[str, Any], recorded_labels: np.ndarray | None = None) -
         given = instance_noise(cfg, ytr, recorded_labels)
     else:
         given = corrupt_labels(ytr, k, nz["kind"], nz["rate"], nz["seed"], classes)
+    folder_data = name in ("imagefolder", "imagenet")
+    base = folder_dir(cfg) if folder_data else None
+    files = [os.path.relpath(p, base).replace(os.sep, "/") for p in ptr] if folder_data else None
+    file_meta: dict[str, Any] = {}
+    if d["labels"]:  # labels from a CSV (utils/labels.py): CIFAR-10N, a report's exported decisions
+        given, file_meta = apply_labels(cfg, given, list(classes), files, cfg["paths"]["pretrained"])
     n = len(ytr)
     source = np.arange(n)
     true, dup, dup_of = ytr, np.zeros(n, bool), np.full(n, -1, np.int64)
@@ -317,6 +324,12 @@ def build_data(cfg: dict[str, Any], recorded_labels: np.ndarray | None = None) -
         dup = np.concatenate([dup, np.ones(len(src), bool)])
         dup_of = np.concatenate([dup_of, src])
 
+    if d["exclude"]:  # samples a decisions file removes (before any fold split)
+        drop, meta = exclude_positions(cfg, len(given), files)
+        file_meta.update(meta)
+        arrays = {"source": source, "given": given, "true": true, "dup": dup, "dup_of": dup_of}
+        restrict(arrays, np.setdiff1d(np.arange(len(given)), drop))
+        source, given, true, dup, dup_of = (arrays[a] for a in ("source", "given", "true", "dup", "dup_of"))
     keep = None
     if d["folds"]:
         arrays = {"source": source, "given": given, "true": true, "dup": dup, "dup_of": dup_of}
@@ -344,8 +357,9 @@ def build_data(cfg: dict[str, Any], recorded_labels: np.ndarray | None = None) -
         "duplicate_of": torch.from_numpy(dup_of),
         "source_index": torch.from_numpy(source),
     }
-    if name in ("imagefolder", "imagenet"):  # where each source image lives, relative to data.root/data.folder
-        record["source_files"] = [os.path.relpath(p, base) for p in ptr]
+    if folder_data:  # where each source image lives, relative to data.root/data.folder
+        record["source_files"] = files
+    record.update(file_meta)
     if nz["kind"] == "instance":
         record.update(noise_reference=nz["reference"], noise_reference_identity=nz["reference_identity"],
                       noise_rule=INSTANCE_RULE)

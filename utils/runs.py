@@ -35,6 +35,7 @@ from .data import DataBundle, build_data
 from .distributed import Dist, broadcast_object, setup
 from .errors import UserError
 from .io import atomic_write, load_npz, save_npz, write_text
+from .labels import file_sha256
 from .models import build_model, wrap_model, wrapper_modules
 
 FORMAT_VERSION = 2  # 1: config + record + optimizer inside every checkpoint (still readable)
@@ -299,6 +300,11 @@ class Run:
         n = self.cfg["noise"]
         recorded = self.record["given_labels"].numpy() if n["kind"] == "instance" and not self.cfg["data"]["folds"] \
             else None  # instance noise: the recorded labels, so the reference run is not needed any more
+        for key, sha in (("labels", "labels_sha256"), ("exclude", "exclude_sha256")):
+            path = self.cfg["data"][key]
+            if path and sha in self.record and Path(path).is_file() and file_sha256(path) != self.record[sha]:
+                raise UserError(f"data.{key}={path} changed since run {self.name} was trained on it (SHA-256 "
+                                f"{self.record[sha]} then); restore that file, or train a new run on this one")
         data = build_data(self.cfg, recorded)
         if not all(torch.equal(data.record[k], self.record[k]) for k in ("given_labels", "true_labels")):
             raise UserError(f"the data under {self.cfg['data']['root'] or '$DATA_ROOT'} gives run {self.name} "

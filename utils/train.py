@@ -153,12 +153,36 @@ def _write_stats(rdir: Path, epoch: int, stats: dict[str, torch.Tensor], metrics
              test_loss=np.float32(metrics["test_loss"]), test_acc=np.float32(metrics["test_acc"]))
 
 
+def init_from_run(cfg: dict[str, Any], model: nn.Module) -> None:
+    """train.init=<run>: load that run's final weights into `model` (same architecture and classes), and record the
+    run's identity in train.init_identity (refused when it changed since this run was started)."""
+    t = cfg["train"]
+    rdir = Path(cfg["paths"]["pretrained"]) / t["init"]
+    ckpts = list_checkpoints(rdir)
+    if not ckpts or not (rdir / "run.json").is_file():
+        raise UserError(f"train.init={t['init']!r}: no trained run in {rdir}; train it first or set paths.pretrained")
+    _, _, ident = read_run_record(rdir)
+    if t["init_identity"] not in ("", ident):
+        raise UserError(f"train.init run {t['init']!r} now has identity {ident}, not the recorded {t['init_identity']}: "
+                        "it was retrained; start this run under a new name")
+    state = load_checkpoint(ckpts[-1][1])["model"]
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[1 if len(str(e).splitlines()) > 1 else 0].strip()[:200]
+        raise UserError(f"train.init={t['init']!r}: its weights do not fit this model ({first}); use a run of the "
+                        "same model.* and number of classes") from None
+    t["init_identity"] = ident
+
+
 def _build(cfg: dict[str, Any], dist: Dist) -> tuple[TrainState, Any]:
     t = cfg["train"]
     torch.manual_seed(t["seed"])
     data = build_data(cfg)
     torch.manual_seed(t["seed"])  # the initialisation depends on train.seed only
     model = model_for(cfg, data.record)
+    if t["init"]:
+        init_from_run(cfg, model)
     if dist.world > 1 and t["sync_bn"]:
         model = convert_sync_batchnorm(model, dist.device)  # BN statistics of the global batch
     model = model.to(dist.device)

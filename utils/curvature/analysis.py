@@ -3,18 +3,18 @@
 Opens a run (`utils.runs.open_run`), reads its `curv_scores/<run>/curvature.npz` (scoring stage) and its
 training statistics (training stage) and writes `curv_scores/<run>/analysis/`: auroc.csv + auroc.md,
 auroc_vs_epoch.csv and the figures. Every score is oriented "higher = more suspicious" and keyed by a
-stable identifier (`SCORES`: id -> display label); tables carry both. AUROC / AUPRC: `utils.metrics`.
+stable identifier (`utils.scores.catalogue.SCORES`); tables carry both. AUROC / AUPRC: `utils.metrics`.
 
 Baselines (from the training statistics, per sample on the un-augmented train set after each epoch):
 - loss_final; cumulative_loss = sum of the per-epoch losses;
 - learning_time = first epoch from which the sample stays correctly classified (E + 1 if wrong at the end);
 - in_confidence = mean over epochs of 1 - p(given label) = 1 - exp(-loss); neg_margin at the final epoch;
+- forgetting = correct -> incorrect transitions between recorded epochs (Toneva et al. 2019);
 - confident_learning (cleanlab): 1 - self-confidence label quality of the probabilities `analysis.cl_probs` names:
-  `cv` K fold runs of the run's own recipe (`utils.curvature.crossval`, out-of-sample, any data set, costs K
-  trainings), `cv_mlp` K-fold cross-validated MLPs on flattened pixels (`utils.curvature.ensemble.cv_probabilities`),
-  `best` the run's checkpoint with the best test accuracy (in-sample: it saw every training label), `auto` = cv_mlp
-  on digits, best otherwise; cross-validated ones are cached in analysis/cl_probs.npz. Plus cleanlab's binary
-  `find_label_issues` flag (confident_learning_flag).
+  `holdout` the holdout stage's out-of-sample probabilities (`holdout.py run=<run>`, `utils.holdout`: their one
+  owner), `best` the run's checkpoint with the best test accuracy (in-sample: it saw every training label), `auto`
+  holdout where the run has them, best otherwise. Plus cleanlab's binary `find_label_issues` flag
+  (confident_learning_flag). Score ids and labels: `utils.scores.catalogue`.
 """
 
 from __future__ import annotations
@@ -27,63 +27,22 @@ import torch
 
 from ..errors import UserError
 from ..evaluate import evaluate
-from ..io import load_npz, save_npz, write_table
+from ..holdout.files import load_holdout
+from ..io import load_npz, write_table
 from ..metrics import auprc, auroc
 from ..runs import Run, open_run
+from ..scores.catalogue import score_label as label
+from ..scores.compute import learning_time  # noqa: F401 (re-exported)
+from ..scores.compute import training_dynamics as baseline_scores
 from . import plots
-from .crossval import recipe_cv_probabilities, source_sentence
-from .ensemble import MLPSpec, cv_probabilities, default_device, train_matrix
 
 SCORE_FILE = "curvature.npz"
 MAIN = "curvature"
-SCORES = {  # identifier -> display label
-    "curvature": "curvature (mean over epochs)",
-    "curvature_geomean": "curvature (geometric mean over epochs)",
-    "curvature_median": "curvature (median over epochs)",
-    "curvature_official": "curvature (official form: mean ||Hv|| over probes and epochs)",
-    "trace": "input-Hessian trace (mean over epochs)",
-    "loss_final": "loss (final epoch)",
-    "cumulative_loss": "cumulative sample loss",
-    "learning_time": "learning time",
-    "in_confidence": "in-confidence (mean 1-p)",
-    "neg_margin": "negative margin (final epoch)",
-    "confident_learning": "confident learning (1 - label quality)",
-    "confident_learning_flag": "confident learning flag (binary)",
-}
 TARGETS = {"mislabeled": "mislabeled (is_noisy)", "duplicate": "injected duplicate (is_duplicate)",
            "duplicate_pair": "duplicate pair (copy or its source)"}
 
 
-def label(score_id: str) -> str:
-    """Display label of a score identifier (`curvature_epoch_12` -> 'curvature @ epoch 12')."""
-    if score_id.startswith("curvature_epoch_"):
-        return f"curvature @ epoch {int(score_id.rsplit('_', 1)[1])}"
-    return SCORES.get(score_id, score_id)
-
-
 # ----------------------------------------------------------------------------- scores
-def learning_time(correct: np.ndarray, epochs: np.ndarray) -> np.ndarray:
-    """First epoch from which each sample stays correct: correct (E, N) bool, epochs (E,) -> (N,) float.
-
-    A sample wrong at the last recorded epoch gets epochs[-1] + 1 (never learned)."""
-    correct = np.asarray(correct, bool)
-    epochs = np.asarray(epochs)
-    wrong = ~correct
-    last_wrong = np.where(wrong.any(0), len(epochs) - 1 - np.argmax(wrong[::-1], axis=0), -1)
-    nxt = np.append(epochs, epochs[-1] + 1)
-    return nxt[last_wrong + 1].astype(float)
-
-
-def baseline_scores(stats: dict[str, np.ndarray], cols: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Training-dynamics baselines (id -> (N,), higher = more suspicious) from the training statistics."""
-    loss, correct, margin = stats["loss"], stats["correct"], stats["margin"]
-    if cols is not None:
-        loss, correct, margin = loss[:, cols], correct[:, cols], margin[:, cols]
-    loss = loss.astype(np.float64)
-    return {"loss_final": loss[-1], "cumulative_loss": loss.sum(0), "learning_time": learning_time(correct, stats["epochs"]),
-            "in_confidence": (1.0 - np.exp(-loss)).mean(0), "neg_margin": -margin[-1].astype(np.float64)}
-
-
 def positive_floor(per_epoch: np.ndarray) -> float:
     """The smallest positive per-epoch curvature (the geometric mean's floor for zeros); 1e-30 if none."""
     pos = np.where(per_epoch > 0, per_epoch, np.inf).min(initial=np.inf)
@@ -180,53 +139,24 @@ def checkpoint_probabilities(run: Run, epoch: int, ds: Any, batch_size: int = 51
 
 
 def cl_probabilities(run: Run, stats: dict[str, np.ndarray], progress: bool = True) -> tuple[np.ndarray, str]:
-    """Probabilities for Confident Learning and a sentence saying where they come from.
-
-    Cross-validated probabilities are cached in analysis/cl_probs.npz (reused while settings and labels match):
-    `probs` (N, C), `labels` (N,), `seed`, `source` (the sentence), and for `cv` also `fold` (N,) (the fold run
-    that predicted each sample) and `identity` (the run's). `cv` trains K fold runs of the run's recipe (about K-1
-    times the run's own training); `cv_mlp` K small MLPs (seconds on digits)."""
-    cfg = run.cfg
-    a, t, m = cfg["analysis"], cfg["train"], cfg["model"]
-    mode = a["cl_probs"]
-    if mode == "auto":
-        mode = "cv_mlp" if cfg["data"]["name"] == "digits" else "best"
-    cache = run.scores / "analysis" / "cl_probs.npz"
-    if mode == "cv":
-        y, source = run.record["given_labels"].numpy(), source_sentence(run, a["cv_folds"], a["seed"])
-        if cache.is_file():
-            z = load_npz(cache)
-            if str(z["source"]) == source and int(z["seed"]) == a["seed"] and np.array_equal(z["labels"], y) \
-                    and str(z.get("identity", "")) == run.identity:
-                return z["probs"], source
-        probs, fold = recipe_cv_probabilities(run, a["cv_folds"], a["seed"])
-        save_npz(cache, probs=probs, labels=y, seed=np.int64(a["seed"]), source=np.array(source), fold=fold,
-                 identity=np.array(run.identity))
-        return probs, source
-    bundle = run.data
-    if mode == "cv_mlp":
-        x, y = train_matrix(bundle.train_eval)
-        width = (m["width"] or 128) if m["name"] == "digits_mlp" else 256
-        spec = MLPSpec(width, t["epochs"], t["lr"], t["momentum"], t["batch_size"], t["weight_decay"])
-        source = (f"out-of-sample {a['cv_folds']}-fold cross-validated probabilities (stratified folds; an MLP "
-                  f"{x[0].numel()}-{width}-{width}-{bundle.num_classes} per fold, {t['epochs']} epochs, lr {t['lr']}, "
-                  f"batch {t['batch_size']}, trained on the other folds' given labels)")
-        if cache.is_file():
-            z = load_npz(cache)
-            if str(z["source"]) == source and int(z["seed"]) == a["seed"] and np.array_equal(z["labels"], y.numpy()):
-                return z["probs"], source
-        probs = cv_probabilities(x.flatten(1).to(default_device()), y, bundle.num_classes, spec, a["cv_folds"],
-                                 a["seed"], progress)
-        save_npz(cache, probs=probs, labels=y.numpy(), seed=np.int64(a["seed"]), source=np.array(source))
-        return probs, source
-    if mode != "best":
-        raise UserError(f"analysis.cl_probs must be auto, cv, cv_mlp, best or none, got {mode!r}")
+    """Probabilities (N, C) for Confident Learning and a sentence saying where they come from (`analysis.cl_probs`):
+    `holdout` the holdout stage's out-of-sample probabilities (`utils.holdout`, the one owner; `holdout.py run=...`),
+    `best` the checkpoint with the best test accuracy (in-sample: it saw every training label), `auto` = holdout
+    where the run has them, else best."""
+    mode = run.cfg["analysis"]["cl_probs"]
+    if mode not in ("auto", "holdout", "best"):
+        raise UserError(f"analysis.cl_probs must be auto, holdout, best or none, got {mode!r} (cross-validated "
+                        f"probabilities now come from their own stage: holdout.py run={run.name})")
+    given = run.record["given_labels"].numpy()
+    ho = load_holdout(run.scores, run.identity, given, required=mode == "holdout")
+    if ho is not None:
+        return ho.mean_probs(), ho.describe()
     saved = set(run.epochs)
     acc = {int(e): float(a_) for e, a_ in zip(stats["epochs"], stats["test_acc"]) if int(e) in saved}
     if not acc:
         raise UserError(f"no saved checkpoint of {run.dir} has a test accuracy in its training statistics")
     best = max(acc, key=lambda e: (acc[e], e))
-    probs = checkpoint_probabilities(run, best, bundle.train_eval)
+    probs = checkpoint_probabilities(run, best, run.data.train_eval)
     return probs, (f"softmax probabilities of the best-test-accuracy checkpoint (epoch {best}, test acc {acc[best]:.4f}); "
                    "in-sample: that model was trained on these labels")
 

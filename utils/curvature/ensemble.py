@@ -3,8 +3,8 @@
 The M models' weights are stacked into (M, in, out) tensors and every step is one batched matmul per
 layer, so M = 200 two-layer MLPs on digits train in about a minute on one CPU core. Model m sees only the
 samples where `masks[m]` is True, in its own shuffled order. Used by Feldman–Zhang memorization
-(`utils.curvature.memorization`) and by Confident Learning's out-of-sample probabilities (`cv_probabilities`:
-K models, model k trained on every fold but k, predicting fold k). Runs on the device of `x`.
+(`utils.curvature.memorization`) and by the holdout stage's `mlp` method (`utils.holdout.stage`: model m trained on
+its row of `utils.folds.membership`, predicting the samples it held out). Runs on the device of `x`.
 """
 
 from __future__ import annotations
@@ -131,28 +131,3 @@ def _sgd_step(params: Params, grads: tuple[torch.Tensor, ...], bufs: list[torch.
 def predict(params: Params, x: torch.Tensor, batch: int = 4096) -> torch.Tensor:
     """Logits (M, N, K) of every model on every sample of x (N, D)."""
     return torch.cat([ensemble_logits(params, x[i:i + batch]) for i in range(0, len(x), batch)], dim=1)
-
-
-def cv_probabilities(x: torch.Tensor, y: torch.Tensor, num_classes: int, spec: MLPSpec, folds: int = 5,
-                     seed: int = 0, progress: bool = True) -> np.ndarray:
-    """Out-of-sample class probabilities (N, K): stratified K-fold, model k trained on all folds but k."""
-    from sklearn.model_selection import StratifiedKFold
-
-    yn = y.numpy()
-    counts = np.bincount(yn, minlength=num_classes)
-    n_splits = int(min(folds, counts[counts > 0].min())) if (counts > 0).any() else folds
-    n_splits = max(n_splits, 2)
-    split = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(np.zeros(len(yn)), yn)
-    test_sets = [te for _, te in split]
-    masks = np.ones((len(test_sets), len(yn)), bool)
-    for k, te in enumerate(test_sets):
-        masks[k, te] = False
-    params = train_ensemble(x, y, torch.from_numpy(masks), spec, num_classes, seed=seed, progress=progress,
-                            desc=f"{len(test_sets)}-fold CV")
-    probs = torch.softmax(predict(params, x), -1).cpu().numpy()
-    out = np.zeros((len(yn), num_classes))
-    for k, te in enumerate(test_sets):
-        out[te] = probs[k, te]
-    return out
-
-

@@ -10,20 +10,24 @@ duplicate_pairs.png, per_class.png, timeline.png and report.html (one self-conta
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..curvature.analysis import checkpoint_probabilities, cl_probabilities, load_scores, raw_images, stats_columns
+from ..curvature.analysis import checkpoint_probabilities, load_scores, raw_images, stats_columns
 from ..curvature.duplicates import find_conflicting_pairs
 from ..data import folder_dir, open_image
 from ..errors import UserError
-from ..io import atomic_write, load_npz, markdown_table, write_table, write_text
+from ..holdout.files import load_holdout
+from ..io import atomic_write, markdown_table, write_table, write_text
 from ..runs import Run, open_run
+from ..scores.catalogue import CATEGORIES, CATEGORY_NAMES
+from ..scores.compute import all_scores
 from . import figures
-from .ranking import DEFAULT_RULE, SINGLE, apply_rule, evaluate_rules, members
-from .table import CATEGORIES, Suggestion, all_scores, best_epoch, suggestion_from_probs, suggestion_from_stats, suspect_table
+from .ranking import SINGLE, apply_rule, default_rule, evaluate_rules, members
+from .table import Suggestion, best_epoch, suggestion_from_probs, suggestion_from_stats, suspect_table
 
 FOLDER_DATA = ("imagefolder", "imagenet")
 
@@ -43,26 +47,23 @@ def _fill_predictions(run: Run, stats: dict[str, np.ndarray]) -> None:
         stats["other"][e], stats["other_prob"][e] = p.argmax(1), p.max(1)
 
 
-def _suggestion(run: Run, stats: dict[str, np.ndarray], cols: np.ndarray, progress: bool) -> tuple[Suggestion, Any]:
-    """(suggested labels, out-of-sample probabilities or None) per report.probs (docs/report.md)."""
+def _suggestion(run: Run, stats: dict[str, np.ndarray], cols: np.ndarray) -> tuple[Suggestion, dict | None]:
+    """(suggestion for curv's samples, held-out evidence {"probs" (N, K), "n_out" (N,)} or None) per report.probs:
+    `holdout` the holdout stage's files (required), `best` the in-sample best-test-accuracy epoch, `auto` = holdout
+    where the run has them, else best. The report never trains: out-of-sample probabilities come from holdout.py."""
     mode = run.cfg["report"]["probs"]
-    if mode not in ("auto", "best", "cv"):
-        raise UserError(f"report.probs must be auto, best or cv, got {mode!r}")
-    cache = run.scores / "analysis" / "cl_probs.npz"  # out-of-sample probabilities an earlier analysis computed
-    if mode == "auto" and cache.is_file():
-        z = load_npz(cache, "run analyze_curvature.py again", require=("probs", "labels", "source"))
-        given = stats["given_label"][cols]
-        if np.array_equal(z["labels"][stats["index"][cols]], given):
-            probs = z["probs"][stats["index"][cols]]
-            return suggestion_from_probs(probs, given, str(z["source"]), True), probs
-    if mode == "best" or (mode == "auto" and run.cfg["data"]["name"] != "digits"):
-        sug = suggestion_from_stats(stats)
-        return Suggestion(sug.label[cols], sug.prob[cols], sug.given_prob[cols], sug.source, False), None
-    if mode == "cv":
-        run.cfg["analysis"]["cl_probs"] = "cv"
-    probs, source = cl_probabilities(run, stats, progress)
-    probs = probs[stats["index"][cols]]
-    return suggestion_from_probs(probs, stats["given_label"][cols], source, "out-of-sample" in source), probs
+    if mode not in ("auto", "holdout", "best"):
+        raise UserError(f"report.probs must be auto, holdout or best, got {mode!r} (out-of-sample probabilities come "
+                        f"from their own stage: holdout.py run={run.name})")
+    ho = None if mode == "best" else load_holdout(run.scores, run.identity, run.record["given_labels"].numpy(),
+                                                   required=mode == "holdout")
+    if ho is None:
+        return suggestion_from_stats(stats).take(cols), None
+    idx = stats["index"][cols]
+    probs = ho.mean_probs()[idx]
+    sug = suggestion_from_probs(np.nan_to_num(probs, nan=1.0 / probs.shape[1]), stats["given_label"][cols],
+                                ho.describe(), True)
+    return sug, {"probs": probs, "n_out": ho.n_out[idx], "holdout": ho}
 
 
 def _sources(run: Run, curv: dict[str, np.ndarray]) -> np.ndarray:
@@ -138,7 +139,7 @@ def _epochs_text(ep: list[int]) -> str:
 
 def load_inputs(run: Run, progress: bool = True) -> dict[str, Any]:
     """What a report ranks, from the run's files: curv (curvature.npz), stats (training statistics), cols (their
-    columns for curv's samples), sug (suggested labels), probs (out-of-sample (N, K) or None), scores (id -> (N,))."""
+    columns for curv's samples), sug (suggested labels), held (the held-out evidence or None), scores (id -> (N,))."""
     curv = load_scores(run)
     stats = run.stats()
     cols = stats_columns(stats, curv["index"])
@@ -146,9 +147,9 @@ def load_inputs(run: Run, progress: bool = True) -> dict[str, Any]:
         raise UserError("curvature.npz and the training statistics disagree on the labels; rescore the run")
     if "other" not in stats:
         _fill_predictions(run, stats)
-    sug, probs = _suggestion(run, stats, cols, progress)
-    return {"curv": curv, "stats": stats, "cols": cols, "sug": sug, "probs": probs,
-            "scores": all_scores(stats, curv, cols, sug, probs)}
+    sug, held = _suggestion(run, stats, cols)
+    scores = all_scores(stats, curv, cols, sug.given_prob, held, run.cfg["report"]["late_epochs"])
+    return {"curv": curv, "stats": stats, "cols": cols, "sug": sug, "held": held, "scores": scores}
 
 
 def make_report(cfg: dict[str, Any], progress: bool = True, html: bool = True) -> dict[str, Any]:
@@ -158,14 +159,23 @@ def make_report(cfg: dict[str, Any], progress: bool = True, html: bool = True) -
     r = run.cfg["report"]
     got = load_inputs(run, progress)
     curv, stats, cols, sug, scores = (got[k] for k in ("curv", "stats", "cols", "sug", "scores"))
-    rule = DEFAULT_RULE if r["ranking"] == "auto" else r["ranking"]
+    rule = default_rule(scores) if r["ranking"] == "auto" else r["ranking"]
     out = run.scores / "report"
     notes = [f"ranking: {rule}" + (" (the default, chosen by evidence on other runs: docs/report.md)"
                                    if r["ranking"] == "auto" else " (report.ranking)")]
+    if "corrected_from" in run.record:
+        notes.append(f"trained on labels corrected from run {run.record['corrected_from']} "
+                     f"({run.record.get('labels_changed_from_run', '?')} labels changed, "
+                     f"{run.record.get('excluded', 0)} samples removed; data.labels={run.cfg['data']['labels']})")
     ep = [int(e) for e in curv["epochs"]]
     notes.append(f"curvature from {len(ep)} scored epochs ({_epochs_text(ep)}) of the {len(run.epochs)} saved "
                  f"({run.epochs[0]}..{run.epochs[-1]})")
-    notes.append(f"suggested labels: {sug.source}")
+    notes.append(f"suggested labels ({sug.kind}): {sug.source}")
+    if "memorization" in scores:
+        mem = scores["memorization"]
+        notes.append(f"memorization p_in - p_out (p_in: the run's p(given), mean of its last {r['late_epochs']} "
+                     f"recorded epochs): {int((scores['memorization_lo'] > 0.5).sum())} samples with a 95 % interval "
+                     f"above 0.5, median {np.nanmedian(mem):.3f}")
     value = apply_rule(scores, rule)
     pairs = _pairs(run, curv, scores, value, notes)
     sources = _sources(run, curv)
@@ -182,13 +192,13 @@ def make_report(cfg: dict[str, Any], progress: bool = True, html: bool = True) -
         evaluation = evaluate_rules(scores, target, [rule, *[s for s in SINGLE if s != rule]])
         paths += write_table(out / "ranking", evaluation)
         e0 = evaluation[0]
-        notes.append(f"injected noise ({int(target.sum())} labels): the report's ranking has precision at k "
+        notes.append(f"known label errors ({int(target.sum())} labels): the report's ranking has precision at k "
                      f"{e0['precision_at_k']:.3f}, recall in the top 1 % {e0['recall_top1pct']:.3f} (ranking.csv)")
-    counts = {c: int((table["category"] == c).sum()) for c in CATEGORIES}
+    counts = {c: int((table["category"] == c).sum()) for c in CATEGORY_NAMES}
     figs = _figures(run, out, table, stats, cols, curv, pairs, sources, top)
     paths += list(figs.values())
     if html:
-        paths.append(_html(run, out, table, head, rule, counts, notes, pairs, sources, figs, stats, curv))
+        paths.append(_html(run, out, table, head, rule, counts, notes, pairs, sources, figs, stats, curv, cols, sug))
     return {"table": table, "notes": notes, "counts": counts, "pairs": pairs, "evaluation": evaluation,
             "paths": paths, "out_dir": out, "seconds": time.time() - t0, "rule": rule}
 
@@ -223,8 +233,9 @@ def _figures(run: Run, out: Path, table: dict[str, np.ndarray], stats: dict[str,
 
 def _html(run: Run, out: Path, table: dict[str, np.ndarray], head: list[dict[str, Any]], rule: str,
           counts: dict[str, int], notes: list[str], pairs: list[dict[str, Any]], sources: np.ndarray,
-          figs: dict[str, Path], stats: dict[str, np.ndarray], curv: dict[str, np.ndarray]) -> Path:
-    """report.html: the top rows with thumbnails, the pairs, the figures (utils/report/html.py)."""
+          figs: dict[str, Path], stats: dict[str, np.ndarray], curv: dict[str, np.ndarray], cols: np.ndarray,
+          sug: Suggestion) -> Path:
+    """report.html: the top rows with thumbnails and histories, the pairs, the figures (utils/report/html.py)."""
     from .html import thumbnail_uri, write_report_html
 
     index = np.asarray(curv["index"])
@@ -243,10 +254,46 @@ def _html(run: Run, out: Path, table: dict[str, np.ndarray], head: list[dict[str
                ("ranking", rule), ("categories", ", ".join(f"{k}: {v}" for k, v in counts.items()))]
     pair_rows = [{"a": p["a"], "b": p["b"], "label_a": cls[p["given_i"]], "label_b": cls[p["given_j"]],
                   "distance": float(p["pixel_rms"])} for p in pairs]
+    if "corrected_from" in d:
+        summary.insert(1, ("corrected from", f"run {d['corrected_from']}: {d.get('labels_changed_from_run', '?')} "
+                                             f"labels changed, {d.get('excluded', 0)} removed"))
     columns = list(table)
+    banner = "" if sug.out_of_sample else (
+        "Suggestions and categories are in-sample: they come from a checkpoint trained on the very labels they judge, "
+        "which in the memorization regime agrees with a wrong label. Run holdout.py run=" + run.name +
+        " for out-of-sample suggestions, the likely-mislabeled and memorized categories and the memorization score.")
     return write_report_html(out / "report.html", title=f"Memorization report: {run.name}", summary=summary,
                              notes=notes, columns=columns, rows=head, thumbs=thumbs, classes=cls,
-                             categories=list(CATEGORIES), pairs=pair_rows, figures=figs)
+                             categories=[asdict(c) for c in CATEGORIES.values()], pairs=pair_rows, figures=figs,
+                             run_name=run.name, run_identity=run.identity, banner=banner,
+                             history=histories(stats, cols, _pos(curv, [h["index"] for h in head]),
+                                               [int(h["suggested_label"]) for h in head]))
+
+
+def histories(stats: dict[str, np.ndarray], cols: np.ndarray, pos: np.ndarray, suggested: list[int]) -> dict[int, dict]:
+    """Per shown sample (positions `pos` in curv's order): epochs, p(given) and p(suggested class) per recorded epoch
+    (NaN where the statistics do not hold it: p(suggested) is known where the suggestion was the top other class, or
+    is the given label), the fitted epoch and the epochs of forgetting events (correct -> incorrect)."""
+    from ..scores.compute import learning_time
+
+    out = {}
+    ep = [int(e) for e in stats["epochs"]]
+    for p, s in zip(pos, suggested):
+        c = cols[p]
+        given = int(stats["given_label"][c])
+        pg = np.exp(-stats["loss"][:, c].astype(np.float64))
+        if s == given:
+            ps = pg
+        else:
+            ps = np.where(stats["other"][:, c] == s, stats["other_prob"][:, c], np.nan) if "other" in stats else \
+                np.full(len(ep), np.nan)
+        correct = stats["correct"][:, c].astype(bool)
+        lt = int(learning_time(correct[:, None], stats["epochs"])[0])
+        forgot = [ep[e + 1] for e in range(len(ep) - 1) if correct[e] and not correct[e + 1]]
+        out[int(stats["index"][c])] = {"epochs": ep, "p_given": [round(float(v), 4) for v in pg],
+                                       "p_other": [None if not np.isfinite(v) else round(float(v), 4) for v in ps],
+                                       "fitted_epoch": lt if lt <= ep[-1] else -1, "forgetting": forgot}
+    return out
 
 
 def main(cfg: dict[str, Any]) -> None:

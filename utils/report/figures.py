@@ -12,13 +12,11 @@ import numpy as np
 from ..curvature import plots
 from ..io import plt as _pyplot
 from ..io import save_figure
-from .table import CATEGORIES
+from ..scores.catalogue import CATEGORIES
 
 plt = _pyplot()
-COLORS = {"conflicting duplicate": "tab:purple", "likely mislabeled": "tab:red", "ambiguous": "tab:orange",
-          "atypical / memorized": "tab:blue", "—": "0.45"}
-SHORT = {"conflicting duplicate": "dup", "likely mislabeled": "mislab.", "ambiguous": "ambig.",
-         "atypical / memorized": "atypical", "—": ""}
+COLORS = {name: c.colour for name, c in CATEGORIES.items()}  # the page's badge colours (utils.scores.catalogue)
+SHORT = {name: c.short for name, c in CATEGORIES.items()}
 
 
 def gallery(images: np.ndarray, table: dict[str, np.ndarray], path: Path, ncols: int = 8) -> Path:

@@ -1,12 +1,12 @@
 """`report.html`: the memorization report as one self-contained static page.
 
 Everything is inline: the CSS and script (`utils.report.page_assets`), the thumbnails (PNG data URIs, each stored
-once as a CSS class and used by the gallery, the table and the duplicate pairs) and the figures (base64 PNG). The
-page loads nothing, needs no server and works opened from disk (file://) or as a mail attachment. Every text is
-escaped (class names come from folder names). Without JavaScript the page still shows everything in rank order;
-with it, the table sorts by any column (click a header; again to reverse; numbers numerically, missing values
-last) and filters by class (given OR suggested class by default; given only / suggested only on choice) and by
-category, and the gallery follows the table's order and filter.
+once as a CSS class and used by the gallery, the table and the duplicate pairs), the history sparklines (one SVG
+`<symbol>` per sample, drawn by the card and the row with `<use>`) and the figures (base64 PNG). The page loads
+nothing, needs no server and works opened from disk (file://) or as a mail attachment. Every text is escaped (class
+names come from folder names). Without JavaScript the page still shows everything in rank order; with it, the table
+sorts by any column and filters by class and category, the gallery follows it, and every suspect takes a decision
+(keep / relabel / remove) that is kept in the browser's localStorage and exported as a CSV (docs/report.md).
 """
 
 from __future__ import annotations
@@ -18,15 +18,20 @@ import json
 import math
 import re
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from ..io import write_text
-from .page_assets import BADGE_COLOURS, CSS, JS, NONE_COLOUR
+from .page_assets import CSS, JS
 
 GALLERY_LIMIT = 200  # cards shown before "show all" (the table always holds every row)
+BULK_CATEGORY = "likely mislabeled"  # the category whose suggestions the bulk action accepts
+SPARK_W, SPARK_H = 120, 36  # sparkline size, px
+GREY = ("#4a5260", "#eceff3")  # badge colours (text, background) of a category given as a plain name
 _DATA_URI = re.compile(r"data:image/(png|jpeg|gif|webp);base64,[A-Za-z0-9+/]*={0,2}")
+_COLOUR = re.compile(r"#[0-9a-fA-F]{3,8}|[a-zA-Z]{3,20}")
 _REQUIRED = ("rank", "index", "given_class", "suggested_class", "suggested_prob", "category")
 
 
@@ -58,39 +63,56 @@ def thumbnail_uri(img: np.ndarray, size: int = 64) -> str:
 
 def write_report_html(path: Path, *, title: str, summary: list[tuple[str, str]], notes: list[str],
                       columns: list[str], rows: list[dict[str, object]], thumbs: dict[int, str],
-                      classes: list[str], categories: list[str], pairs: list[dict[str, object]],
-                      figures: dict[str, Path]) -> Path:
+                      classes: list[str], categories: Sequence[Mapping[str, str] | str],
+                      pairs: list[dict[str, object]], figures: dict[str, Path], run_name: str = "",
+                      run_identity: str = "", banner: str = "",
+                      history: Mapping[int, Mapping[str, object]] | None = None) -> Path:
     """Write the report page to `path` (atomically) and return it.
 
     `rows` are the top-N suspects in rank order, each with every key of `columns` (among them `rank`, `index`,
-    `given_class`, `suggested_class`, `suggested_prob`, `category`); `thumbs` maps every shown index (rows and
-    pair members) to a `thumbnail_uri`; `pairs` are {"a", "b", "label_a", "label_b", "distance"}; `figures` maps
-    a caption to a PNG file (a missing or unreadable file is skipped with a note on the page)."""
+    `given_class`, `suggested_class`, `suggested_prob`, `category`) and `source` (the sample's file or
+    `<dataset>:train:<i>`; the export's `file`, "" when absent); `thumbs` maps every shown index (rows and pair
+    members) to a `thumbnail_uri`; `categories` are `utils.scores.catalogue.Category` dicts ({"name", "short",
+    "colour", "background", "description"}) or plain names (grey badges); `pairs` are {"a", "b", "label_a",
+    "label_b", "distance"}; `figures` maps a caption to a PNG file (a missing or unreadable file is skipped with a
+    note on the page). `run_name` / `run_identity` name the exported decisions and key them in localStorage
+    (`memreport:<run_identity>`); a non-empty `banner` is a warning shown above everything. `history` maps a row's
+    index to {"epochs", "p_given", "p_other" (per epoch, None / NaN = missing), "fitted_epoch" (-1 = never),
+    "forgetting" (epochs of correct -> incorrect transitions)}: a sparkline on its card and row."""
     missing = [c for c in _REQUIRED if c not in columns]
     if missing:
         raise ValueError(f"write_report_html: columns lack {', '.join(missing)}")
     for k, uri in thumbs.items():
         if not _DATA_URI.fullmatch(uri):
             raise ValueError(f"write_report_html: thumbnail of index {k} is not a base64 image data URI")
+    cats = _categories(categories)
+    sparks: dict[int, tuple[str, str]] = {}
+    for idx in (int(r["index"]) for r in rows):  # type: ignore[call-overload]
+        if history and idx in history and (s := _sparkline(idx, history[idx])):
+            sparks[idx] = s
     types = [_column_type(c, [r[c] for r in rows]) for c in columns]
     data = {"columns": [[c, t] for c, t in zip(columns, types)],
             "rows": [[_json_value(r[c], t) for c, t in zip(columns, types)] for r in rows],
-            "gallery_limit": GALLERY_LIMIT}
-    body = [_header(title, summary, notes, len(rows), len(pairs), len(figures)),
-            _controls(rows, classes, categories),
-            _gallery(rows, thumbs, categories),
-            _table(columns, types, rows, thumbs, categories),
+            "items": [_item(r) for r in rows], "classes": [str(c) for c in classes],
+            "run": {"name": run_name, "identity": run_identity, "file": _export_name(run_name)},
+            "bulk_category": BULK_CATEGORY, "gallery_limit": GALLERY_LIMIT}
+    body = [f'<div class="banner" role="alert">{_e(banner)}</div>' if banner else "",
+            _header(title, summary, notes, len(rows), len(pairs), len(figures)),
+            _controls(rows, classes, cats, run_identity or run_name or title),
+            _gallery(rows, thumbs, cats, sparks),
+            _table(columns, types, rows, thumbs, cats, sparks),
             _pairs(pairs, thumbs),
             _figures(figures),
-            "</main>"]
+            "</main>",
+            _sprite(sparks)]
     page = "\n".join([
         "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         '<link rel="icon" href="data:,">',  # no favicon request
         f"<title>{_e(title)}</title>",
-        f"<style>{CSS}{_badge_css(categories)}</style>",
+        f"<style>{CSS}{_badge_css(cats)}</style>",
         f"<style>{_thumb_css(thumbs)}</style>",
-        "</head>", "<body>", *body,
+        "</head>", "<body>", *[b for b in body if b],
         f'<script type="application/json" id="report-data">{_script_json(data)}</script>',
         f"<script>{JS}</script>",
         "</body>", "</html>", ""])
@@ -136,6 +158,22 @@ def _json_value(v: object, kind: str) -> object:
     return str(v)
 
 
+def _item(r: Mapping[str, object]) -> list[object]:
+    """What a decision needs of a row: [index, file, given class, suggested class (null), its probability (null),
+    category]."""
+    prob = r["suggested_prob"]
+    p = None if _is_missing(prob) or not math.isfinite(float(prob)) else float(prob)  # type: ignore[arg-type]
+    sugg = r["suggested_class"]
+    return [int(r["index"]), "" if _is_missing(r.get("source")) else str(r["source"]),  # type: ignore[call-overload]
+            str(r["given_class"]), None if _is_missing(sugg) else str(sugg), p, str(r["category"])]
+
+
+def _export_name(run_name: str) -> str:
+    """decisions_<run_name>.csv, characters other than letters, digits and ._=+- replaced by _."""
+    safe = re.sub(r"[^A-Za-z0-9._=+-]+", "_", run_name).strip("._")
+    return f"decisions_{safe}.csv" if safe else "decisions.csv"
+
+
 def _text(v: object) -> str:
     """A cell as shown: 4 significant digits, "–" for missing values, yes/no for booleans."""
     if _is_missing(v):
@@ -159,15 +197,127 @@ def _script_json(data: object) -> str:
     return s.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
+# ----------------------------------------------------------------------------- categories
+def _categories(categories: Sequence[Mapping[str, str] | str]) -> list[dict[str, str]]:
+    """Category dicts with every key; a plain name becomes a grey one without description. Colours must be
+    `#rgb`-style hex or a CSS colour name (they go into the style sheet)."""
+    out = []
+    for c in categories:
+        d = {"name": "", "short": "", "colour": GREY[0], "background": GREY[1], "description": ""}
+        d.update({"name": c} if isinstance(c, str) else {k: str(v) for k, v in c.items()})
+        for k in ("colour", "background"):
+            if not _COLOUR.fullmatch(d[k]):
+                raise ValueError(f"write_report_html: category {d['name']!r} has {k} {d[k]!r}, not a CSS colour")
+        out.append(d)
+    return out
+
+
+def _cat_pos(cat: object, cats: list[dict[str, str]]) -> int:
+    return next((k for k, c in enumerate(cats) if c["name"] == cat), -1)
+
+
+def _badge_css(cats: list[dict[str, str]]) -> str:
+    return "\n".join(f".badge.cat-{k}{{color:{c['colour']};background:{c['background']}}} "
+                     f".card.cat-{k}{{border-top:3px solid {c['colour']}}}" for k, c in enumerate(cats))
+
+
+def _badge(cat: object, cats: list[dict[str, str]]) -> str:
+    k = _cat_pos(cat, cats)
+    tip = f' title="{_e(cats[k]["description"])}"' if k >= 0 and cats[k]["description"] else ""
+    return f'<span class="badge cat-{k}"{tip}>{_e(cat)}</span>'
+
+
+# ----------------------------------------------------------------------------- sparklines
+def _floats(v: object, n: int | None = None) -> np.ndarray:
+    """A 1-D float array of a list / array, None as NaN; cut or NaN-padded to length `n` when given."""
+    a = np.array([np.nan if x is None else float(x) for x in np.asarray(v if v is not None else [], object).ravel()])
+    if n is None:
+        return a
+    out = np.full(n, np.nan)
+    out[:min(n, len(a))] = a[:n]
+    return out
+
+
+def _polyline(xs: np.ndarray, ys: np.ndarray) -> str:
+    """SVG path data through the points (px), a new subpath after every missing (NaN) value; a lone point becomes
+    a dot (a 0.1 px stroke with round caps)."""
+    segs: list[list[str]] = [[]]
+    for x, y in zip(xs, ys):
+        if math.isnan(y):
+            segs.append([])
+        else:
+            segs[-1].append(f"{x:.1f} {y:.1f}")
+    return "".join("M" + "L".join(p) + ("h.1" if len(p) == 1 else "") for p in segs if p)
+
+
+def _sparkline(index: int, h: Mapping[str, object]) -> tuple[str, str] | None:
+    """(the `<symbol id="h-<index>">` drawing, a one-line summary) of one sample's training history, or None
+    without epochs. Drawing: SPARK_W x SPARK_H px, x = epoch (first to last recorded), y = probability 0..1;
+    p(given) solid, p(most probable other class) dashed, a green tick at the fitted epoch, red dots at forgetting
+    events."""
+    ep = _floats(h.get("epochs"))
+    n = len(ep)
+    if n == 0 or np.isnan(ep).all():
+        return None
+    pg, po = _floats(h.get("p_given"), n), _floats(h.get("p_other"), n)
+    e0, e1 = float(np.nanmin(ep)), float(np.nanmax(ep))
+
+    def sx(e: float) -> float:  # epoch -> px from the left
+        return 2 + (float(e) - e0) / max(e1 - e0, 1.0) * (SPARK_W - 4)
+
+    def sy(p: np.ndarray) -> np.ndarray:  # probabilities -> px from the top (NaN stays NaN)
+        return SPARK_H - 2 - np.clip(p, 0.0, 1.0) * (SPARK_H - 4)
+
+    ok = ~np.isnan(ep)
+    xs = np.array([sx(e) for e in ep[ok]])
+    f = h.get("fitted_epoch")
+    fitted = -1 if _is_missing(f) else int(f)  # type: ignore[call-overload]
+    forgot = [int(e) for e in _floats(h.get("forgetting")) if e0 <= e <= e1]  # NaN fails both
+    parts = [f'<rect width="{SPARK_W}" height="{SPARK_H}" fill="#f6f7f9"/>',
+             f'<path d="M0 {SPARK_H / 2:g}H{SPARK_W}" stroke="#dfe3ea" stroke-width=".7"/>']
+    if fitted >= 0 and e0 <= fitted <= e1:
+        parts.append(f'<path d="M{sx(fitted):.1f} 0V{SPARK_H}" stroke="#0b8a5f" stroke-width="1.2"/>')
+    ygiven = sy(pg)
+    for y, style in ((sy(po), 'stroke="#c25b00" stroke-width="1.1" stroke-dasharray="3 2"'),
+                     (ygiven, 'stroke="#2b59c3" stroke-width="1.4"')):
+        if d := _polyline(xs, y[ok]):
+            parts.append(f'<path d="{d}" fill="none" stroke-linecap="round" {style}/>')
+    for e in forgot:
+        at = np.flatnonzero(ep == e)
+        y = ygiven[at[0]] if len(at) and not math.isnan(ygiven[at[0]]) else SPARK_H - 3
+        parts.append(f'<circle cx="{sx(e):.1f}" cy="{y:.1f}" r="2.2" fill="#d4161b"/>')
+    return (f'<symbol id="h-{index}" viewBox="0 0 {SPARK_W} {SPARK_H}">{"".join(parts)}</symbol>',
+            _history_text(ep, pg, po, fitted, forgot))
+
+
+def _history_text(ep: np.ndarray, pg: np.ndarray, po: np.ndarray, fitted: int, forgot: list[int]) -> str:
+    """One line: p(given) first -> last over the epochs, max p(other), fitted epoch, forgetting events."""
+    span = f"epochs {int(np.nanmin(ep))}–{int(np.nanmax(ep))}"
+    g = pg[~np.isnan(pg)]
+    out = [f"p(given) {g[0]:.2f} → {g[-1]:.2f} over {span}" if len(g) else f"p(given) missing over {span}"]
+    if (~np.isnan(po)).any():
+        out.append(f"max p(other) {np.nanmax(po):.2f}")
+    out.append(f"fitted from epoch {fitted}" if fitted >= 0 else "never fitted")
+    k, s = len(forgot), "s" if len(forgot) != 1 else ""
+    listed = ", ".join(map(str, forgot[:6])) + ("…" if k > 6 else "")
+    out.append(f"{k} forgetting event{s}" + (f" (epoch{s} {listed})" if k else ""))
+    return "; ".join(out)
+
+
+def _spark(index: int, sparks: dict[int, tuple[str, str]], extra: str = "") -> str:
+    if index not in sparks:
+        return ""
+    return (f'<svg class="spark{extra}" viewBox="0 0 {SPARK_W} {SPARK_H}" role="img" aria-label="{_e(sparks[index][1])}">'
+            f'<title>{_e(sparks[index][1])}</title><use href="#h-{index}"/></svg>')
+
+
+def _sprite(sparks: dict[int, tuple[str, str]]) -> str:
+    if not sparks:
+        return ""
+    return f'<svg class="sprite" aria-hidden="true">{"".join(s for s, _ in sparks.values())}</svg>'
+
+
 # ----------------------------------------------------------------------------- pieces
-def _badge_css(categories: list[str]) -> str:
-    rules = []
-    for k, cat in enumerate(categories):
-        fg, bg = NONE_COLOUR if cat == "none" else BADGE_COLOURS[k % len(BADGE_COLOURS)]
-        rules.append(f".badge.cat-{k}{{color:{fg};background:{bg}}} .card.cat-{k}{{border-top:3px solid {fg}}}")
-    return "\n".join(rules)
-
-
 def _thumb_css(thumbs: dict[int, str]) -> str:
     return "\n".join(f'.th-{int(k)}{{background-image:url("{uri}")}}' for k, uri in thumbs.items())
 
@@ -179,9 +329,14 @@ def _thumb(index: object, thumbs: dict[int, str], extra: str = "") -> str:
     return f'<div class="thumb {cls}{extra}" role="img" aria-label="{label}" title="{label}"></div>'
 
 
-def _badge(cat: object, categories: list[str]) -> str:
-    k = categories.index(cat) if cat in categories else -1
-    return f'<span class="badge cat-{k}">{_e(cat)}</span>'
+def _decide(i: int, r: Mapping[str, object]) -> str:
+    """The decision bar of row i (card and table alike): keep / relabel to [class] / remove and the state."""
+    sugg = _e(r["given_class"] if _is_missing(r["suggested_class"]) else r["suggested_class"])
+    return (f'<div class="dec" data-i="{i}"><button type="button" data-d="keep" title="keep the label (1)">keep</button>'
+            '<button type="button" data-d="relabel" title="relabel to the class chosen (2: to the suggestion)">'
+            f'relabel</button><button type="button" data-d="remove" title="remove from training (3)">remove</button>'
+            f'<select aria-label="relabel to"><option value="{sugg}">{sugg}</option></select>'
+            '<output class="dstate"></output></div>')
 
 
 def _header(title: str, summary: list[tuple[str, str]], notes: list[str], n: int, n_pairs: int, n_figs: int) -> str:
@@ -193,38 +348,52 @@ def _header(title: str, summary: list[tuple[str, str]], notes: list[str], n: int
             f'<main><section id="summary"><dl class="summary">{items}</dl>{note}</section>')
 
 
-def _controls(rows: list[dict[str, object]], classes: list[str], categories: list[str]) -> str:
+def _controls(rows: list[dict[str, object]], classes: list[str], cats: list[dict[str, str]], key: str) -> str:
     counts = Counter(str(r["category"]) for r in rows)
     cls = "".join(f'<option value="{_e(c)}">{_e(c)}</option>' for c in classes)
-    cats = "".join(f'<option value="{_e(c)}">{_e(c)} ({counts.get(c, 0)})</option>' for c in categories)
-    return ('<div class="controls" id="controls">'
+    opts = "".join(f'<option value="{_e(c["name"])}" title="{_e(c["description"])}">{_e(c["name"])} '
+                   f'({counts.get(c["name"], 0)})</option>' for c in cats)
+    return ('<div class="controls" id="controls"><div class="bar">'
             f'<label>class <select id="f-class"><option value="">all classes</option>{cls}</select></label>'
             '<label>as <select id="f-mode"><option value="either">given or suggested</option>'
             '<option value="given">given label</option><option value="suggested">suggested label</option>'
             '</select></label>'
-            f'<label>category <select id="f-cat"><option value="">all categories</option>{cats}</select></label>'
+            f'<label>category <select id="f-cat"><option value="">all categories</option>{opts}</select></label>'
             '<button type="button" id="f-reset">reset</button>'
             f'<span id="counter">showing {len(rows)} of {len(rows)}</span>'
-            '<span class="muted" id="sort-state">sorted by rank ascending</span></div>')
+            '<span class="muted" id="sort-state">sorted by rank ascending</span></div>'
+            '<div class="bar js-only"><b id="dec-count">0 decisions: 0 keep, 0 relabel, 0 remove</b>'
+            f'<label>accept the suggestions of all <i>{_e(BULK_CATEGORY)}</i> with p ≥ '
+            '<input type="number" id="bulk-p" min="0" max="1" step="0.01" value="0.9"></label>'
+            '<button type="button" id="bulk-go">accept</button>'
+            '<button type="button" id="dec-export" class="primary">export decisions (CSV)</button>'
+            '<output id="dec-msg"></output></div>'
+            '<p class="help js-only">keys: <kbd>j</kbd>/<kbd>k</kbd> next/previous suspect · <kbd>1</kbd> keep · '
+            '<kbd>2</kbd> relabel to the suggestion · <kbd>3</kbd> remove · <kbd>0</kbd> or <kbd>Backspace</kbd> '
+            'clear (a pressed button clicked again clears too) · <span id="dec-store">decisions are kept in this '
+            f'browser (localStorage <code>memreport:{_e(key)}</code>)</span></p></div>')
 
 
-def _gallery(rows: list[dict[str, object]], thumbs: dict[int, str], categories: list[str]) -> str:
+def _gallery(rows: list[dict[str, object]], thumbs: dict[int, str], cats: list[dict[str, str]],
+             sparks: dict[int, tuple[str, str]]) -> str:
     cards = []
     for i, r in enumerate(rows):
-        k = categories.index(r["category"]) if r["category"] in categories else -1
+        idx = int(r["index"])  # type: ignore[call-overload]
         hidden = " hidden" if i >= GALLERY_LIMIT else ""
         given, sugg = _e(r["given_class"]), _e(r["suggested_class"])
         cards.append(
-            f'<a class="card cat-{k}" data-i="{i}" href="#row-{int(r["index"])}"{hidden}>'  # type: ignore[call-overload]
-            f'{_thumb(r["index"], thumbs)}'
-            f'<div class="meta"><b>#{_e(r["rank"])}</b> · index {_e(r["index"])}</div>'
-            f'<div class="labels" title="{given} → {sugg}">{given} → <span class="sugg">{sugg}</span> '
-            f'({_prob(r["suggested_prob"])})</div>'
-            f'{_badge(r["category"], categories)}</a>')
+            f'<div class="card cat-{_cat_pos(r["category"], cats)}" data-i="{i}" data-index="{idx}"{hidden}>'
+            f'<a href="#row-{idx}">{_thumb(idx, thumbs)}'
+            f'<span class="meta"><b>#{_e(r["rank"])}</b> · index {idx}</span>'
+            f'<span class="labels" title="{given} → {sugg}">{given} → <span class="sugg">{sugg}</span> '
+            f'({_prob(r["suggested_prob"])})</span></a>'
+            f'{_badge(r["category"], cats)}{_spark(idx, sparks)}{_decide(i, r)}</div>')
     count = f"first {GALLERY_LIMIT} of {len(rows)}" if len(rows) > GALLERY_LIMIT else str(len(rows))
     return ('<section id="gallery"><h2>Top suspects <small>(<span id="gallery-count">'
-            f'{count}</span>; image, given → suggested label (its probability), rank, category; '
-            'follows the table\'s sort and filter; click a card for its row)</small></h2>'
+            f'{count}</span>; image, given → suggested label (its probability), rank, category; history: '
+            '<span class="key-g">p(given)</span>, <span class="key-o">p(other)</span> per epoch, '
+            '<span class="key-f">fitted epoch</span>, <span class="key-x">forgetting</span>; '
+            'follows the table\'s sort and filter; click an image for its row)</small></h2>'
             f'<div class="cards" id="gallery-cards">{"".join(cards)}</div>'
             '<p class="empty" id="gallery-empty" hidden>No suspect matches these filters.</p>'
             f'<button type="button" id="gallery-more"{"" if len(rows) > GALLERY_LIMIT else " hidden"}>'
@@ -232,8 +401,9 @@ def _gallery(rows: list[dict[str, object]], thumbs: dict[int, str], categories: 
 
 
 def _table(columns: list[str], types: list[str], rows: list[dict[str, object]], thumbs: dict[int, str],
-           categories: list[str]) -> str:
-    head = ['<th class="plain">image</th>']
+           cats: list[dict[str, str]], sparks: dict[int, tuple[str, str]]) -> str:
+    head = ['<th class="plain">image</th><th class="plain js-only">decision</th>',
+            '<th class="plain">history</th>' if sparks else ""]
     for c, (name, t) in enumerate(zip(columns, types)):
         sort = ' aria-sort="ascending"' if name == "rank" else ""
         arrow = "▲" if name == "rank" else ""
@@ -241,14 +411,15 @@ def _table(columns: list[str], types: list[str], rows: list[dict[str, object]], 
                     f'{_e(name).replace("_", "_<wbr>")}<span class="arrow">{arrow}</span></button></th>')
     body = []
     for i, r in enumerate(rows):
-        cells = [f"<td>{_thumb(r['index'], thumbs, ' mini')}</td>"]
+        idx = int(r["index"])  # type: ignore[call-overload]
+        cells = [f"<td>{_thumb(idx, thumbs, ' mini')}</td><td class=\"js-only\">{_decide(i, r)}</td>",
+                 f"<td>{_spark(idx, sparks, ' mini')}</td>" if sparks else ""]
         for name, t in zip(columns, types):
             v = r[name]
-            cells.append(f'<td class="{t}">{_badge(v, categories)}</td>' if name == "category"
+            cells.append(f'<td class="{t}">{_badge(v, cats)}</td>' if name == "category"
                          else f'<td class="{t}" title="{_e(v)}">{_e(_text(v))}</td>' if t == "str"
                          else f'<td class="{t}">{_e(_text(v))}</td>')
-        body.append(f'<tr id="row-{int(r["index"])}" data-i="{i}" data-index="{int(r["index"])}">'  # type: ignore[call-overload]
-                    f'{"".join(cells)}</tr>')
+        body.append(f'<tr id="row-{idx}" data-i="{i}" data-index="{idx}">{"".join(cells)}</tr>')
     return ('<section id="table"><h2>Table <small>(click a column header to sort, again to reverse; '
             'missing values (–) sort last)</small></h2>'
             f'<div class="tablewrap"><table id="suspects"><thead><tr>{"".join(head)}</tr></thead>'

@@ -16,19 +16,26 @@ import numpy as np
 from scipy.stats import rankdata
 
 from ..errors import UserError
-from ..metrics import auroc
+from ..metrics import auroc, precision_at_k, ranked
 
-# Chosen by results/report_ranking.py on the digits selection runs (seed 0: symmetric, asymmetric and
-# instance-dependent noise at 10 %): the highest mean precision at k; docs/report.md "How the ranking was chosen".
-DEFAULT_RULE = "in_confidence"
-# The candidates measured for that choice: every single score a run can have, and rank averages of the best.
-SINGLE = ("cumulative_loss", "confident_learning", "in_confidence", "loss_final", "neg_margin", "learning_time",
-          "curvature", "curvature_median", "curvature_official")
-COMBINED = ("rankavg:cumulative_loss+confident_learning", "rankavg:cumulative_loss+curvature",
-            "rankavg:cumulative_loss+curvature_official", "rankavg:confident_learning+curvature",
-            "rankavg:cumulative_loss+confident_learning+curvature",
-            "rankavg:cumulative_loss+confident_learning+learning_time",
-            "rankavg:cumulative_loss+confident_learning+curvature_official")
+# Chosen by results/report_ranking.py on the selection runs (docs/report.md "How the ranking was chosen"): the rule
+# for runs with the holdout stage's files, and the one for runs without (in-sample evidence only).
+DEFAULT_RULE = "rankavg:in_confidence+confident_learning"
+DEFAULT_IN_SAMPLE = "in_confidence"
+# The candidates: every single score a run can have, and rank averages of training dynamics with held-out evidence.
+SINGLE = ("cumulative_loss", "in_confidence", "loss_final", "neg_margin", "learning_time", "forgetting", "curvature",
+          "curvature_median", "curvature_official", "confident_learning", "cleanlab_issues", "holdout_margin",
+          "memorization")
+COMBINED = ("rankavg:in_confidence+confident_learning", "rankavg:cumulative_loss+confident_learning",
+            "rankavg:in_confidence+holdout_margin", "rankavg:cumulative_loss+holdout_margin",
+            "rankavg:in_confidence+confident_learning+curvature", "rankavg:confident_learning+curvature",
+            "rankavg:in_confidence+memorization", "rankavg:confident_learning+forgetting",
+            "rankavg:in_confidence+confident_learning+holdout_margin")
+
+
+def default_rule(scores: dict[str, np.ndarray]) -> str:
+    """`report.ranking=auto`: DEFAULT_RULE where the run has its scores (held-out evidence), else DEFAULT_IN_SAMPLE."""
+    return DEFAULT_RULE if all(m in scores for m in members(DEFAULT_RULE)) else DEFAULT_IN_SAMPLE
 
 
 def members(rule: str) -> list[str]:
@@ -56,16 +63,8 @@ def apply_rule(scores: dict[str, np.ndarray], rule: str) -> np.ndarray:
 
 
 def order(value: np.ndarray) -> np.ndarray:
-    """Sample positions (N,) from most to least suspicious (stable: ties keep index order)."""
-    v = np.asarray(value, np.float64)
-    return np.argsort(-np.where(np.isnan(v), -np.inf, v), kind="stable")
-
-
-def precision_at_k(value: np.ndarray, target: np.ndarray, k: int | None = None) -> float:
-    """Share of positives among the k highest (k defaults to the number of positives)."""
-    target = np.asarray(target, bool)
-    k = int(target.sum()) if k is None else k
-    return float(target[order(value)[:k]].mean()) if k > 0 else float("nan")
+    """Sample positions (N,) from most to least suspicious (stable: ties keep index order; NaN last)."""
+    return ranked(value)
 
 
 def recall_at_fraction(value: np.ndarray, target: np.ndarray, fraction: float = 0.01) -> float:
@@ -75,14 +74,22 @@ def recall_at_fraction(value: np.ndarray, target: np.ndarray, fraction: float = 
     return float(target[order(value)[:k]].sum() / target.sum()) if target.any() else float("nan")
 
 
-def evaluate_rules(scores: dict[str, np.ndarray], target: np.ndarray, rules: tuple[str, ...] | list[str]) -> list[dict]:
-    """One row per rule whose members the run has: precision at k, recall in the top 1 %, AUROC."""
+def evaluate_rules(scores: dict[str, np.ndarray], target: np.ndarray, rules: tuple[str, ...] | list[str],
+                   n_boot: int = 0, seed: int = 0) -> list[dict]:
+    """One row per rule whose members the run has: precision at k (k = the number of positives; recall at k is the
+    same number), recall in the top 1 %, AUROC; with `n_boot` > 0 also paired-bootstrap 95 % intervals of precision
+    at k (`utils.metrics.bootstrap_precision_at_k`: every rule on the same resamples)."""
+    from ..metrics import bootstrap_precision_at_k, interval
+
+    rules = [r for r in rules if all(m in scores for m in members(r))]
+    values = {r: apply_rule(scores, r) for r in rules}
+    boot = bootstrap_precision_at_k(values, target, n_boot, seed) if n_boot else {}
     rows = []
-    for rule in rules:
-        if any(m not in scores for m in members(rule)):
-            continue
-        v = apply_rule(scores, rule)
-        rows.append({"rule": rule, "precision_at_k": precision_at_k(v, target),
-                     "recall_top1pct": recall_at_fraction(v, target, 0.01), "auroc": auroc(v, target),
-                     "k": int(np.asarray(target, bool).sum()), "n": len(v)})
+    for rule, v in values.items():
+        row = {"rule": rule, "precision_at_k": precision_at_k(v, target),
+               "recall_top1pct": recall_at_fraction(v, target, 0.01), "auroc": auroc(v, target),
+               "k": int(np.asarray(target, bool).sum()), "n": len(v)}
+        if boot:
+            row["p_at_k_lo"], row["p_at_k_hi"] = interval(boot[rule])
+        rows.append(row)
     return rows
