@@ -99,6 +99,7 @@ DEFAULTS: dict[str, Any] = {
     },
     # holdout.py (utils/holdout/): models of the run's recipe trained on part of the data predict the rest
     "holdout": {
+        "name": "",  # "" writes curv_scores/<run>/holdout/ (what the report reads); a name: holdout_<name>/ (variants)
         "method": "recipe",  # recipe: models of the run's own recipe (any data) | mlp: small MLPs on pixels (seconds)
         "scheme": "folds",  # folds (K folds, each sample held out once) | subsets (M random subsets, Feldman-Zhang)
         "models": 2,  # K folds / M subset models
@@ -168,6 +169,7 @@ DEFAULTS: dict[str, Any] = {
     "report": {  # memorization_report.py (utils/report/; docs/report.md)
         "ranking": "auto",  # auto = the rule chosen by evidence (utils/report/ranking.py DEFAULT_RULE) | a score id | rankavg:a+b
         "probs": "auto",  # suggested labels: auto (the holdout stage's where the run has them, else best) | holdout | best
+        "holdout": "",  # which holdout files: "" = curv_scores/<run>/holdout/, a name = holdout_<name>/ (holdout.name)
         "top": 200,  # suspects shown in report.html (gallery + table); suspects.csv holds every sample
         "gallery": 64,  # images in the gallery figure
         "mislabeled_prob": 0.5,  # likely mislabeled: suggested class != given with at least this probability

@@ -28,8 +28,9 @@ from ..io import load_npz
 FILE = "holdout.npz"
 
 
-def holdout_dir(scores: Path) -> Path:
-    return Path(scores) / "holdout"
+def holdout_dir(scores: Path, name: str = "") -> Path:
+    """curv_scores/<run>/holdout/, or holdout_<name>/ for a named variant (`holdout.name`)."""
+    return Path(scores) / (f"holdout_{name}" if name else "holdout")
 
 
 @dataclass
@@ -73,11 +74,12 @@ class Holdout:
                 f"{np.nanmax(self.test_accuracy):.3f}: {self.source}")
 
 
-def load_holdout(scores: Path, run_identity: str, given: np.ndarray, required: bool = False) -> Holdout | None:
+def load_holdout(scores: Path, run_identity: str, given: np.ndarray, required: bool = False,
+                 name: str = "") -> Holdout | None:
     """The holdout files of a run (`scores` = curv_scores/<run>), checked against the run (its identity and given
     labels (N,)); None when there are none and not `required`. One-line UserErrors for a stale or foreign file."""
-    path = holdout_dir(scores) / FILE
-    how = f"run holdout.py run={Path(scores).name}"
+    path = holdout_dir(scores, name) / FILE
+    how = f"run holdout.py run={Path(scores).name}" + (f" holdout.name={name}" if name else "")
     if not path.is_file():
         if required:
             raise UserError(f"{path} not found; {how} first")

@@ -71,7 +71,7 @@ def model_config(cfg: dict[str, Any], h: dict[str, Any], m: int) -> dict[str, An
 
 def model_run_name(run: str, h: dict[str, Any], m: int) -> str:
     """`<run>_ho<tag>_<m>of<M>`; tag = 6 hex digits of the settings that change the models."""
-    keys = {k: h[k] for k in ("scheme", "models", "fraction", "seed", "init", "train", "model")}
+    keys = {k: h[k] for k in ("scheme", "models", "fraction", "seed", "init", "train", "model")}  # not name / method
     tag = hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:6]
     return f"{run}_ho{tag}_{m}of{h['models']}"
 
@@ -195,7 +195,7 @@ def run_holdout(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
                          for m in range(len(mask))])
     settings = {**h, "recipe": got["recipe"]}
     ident = hashlib.sha256(json.dumps([settings, run.identity], sort_keys=True).encode()).hexdigest()[:16]
-    out = holdout_dir(run.scores)
+    out = holdout_dir(run.scores, h["name"])
     paths = []
     if run.dist.is_main:
         paths.append(save_npz(out / FILE, probs=got["probs"], sample=got["sample"], model=got["model"],

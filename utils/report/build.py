@@ -56,7 +56,8 @@ def _suggestion(run: Run, stats: dict[str, np.ndarray], cols: np.ndarray) -> tup
         raise UserError(f"report.probs must be auto, holdout or best, got {mode!r} (out-of-sample probabilities come "
                         f"from their own stage: holdout.py run={run.name})")
     ho = None if mode == "best" else load_holdout(run.scores, run.identity, run.record["given_labels"].numpy(),
-                                                   required=mode == "holdout")
+                                                   required=mode == "holdout" or bool(run.cfg["report"]["holdout"]),
+                                                   name=run.cfg["report"]["holdout"])
     if ho is None:
         return suggestion_from_stats(stats).take(cols), None
     idx = stats["index"][cols]

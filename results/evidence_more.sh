@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# More runs behind the out-of-sample evidence, on the runs of results/evidence_runs.sh: a run on other CIFAR-10 data
+# and fold models fine-tuned from it (init), holdout settings against cost (cost), Feldman-Zhang on digits (fz).
+#   bash results/evidence_more.sh init|cost|fz   (from the repository root; DATA_ROOT=../shared/data)
+set -euo pipefail
+PY=${PY:-.venv/bin/python}
+export DATA_ROOT=${DATA_ROOT:-../shared/data} OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+step() { echo "== $(date +%T) $*"; "$@"; }
+init() {  # a run on 10k other CIFAR-10 training images (bash results/cifar10_other.sh), then fold models of the
+  # aggre run fine-tuned from it (holdout.init), against fold models from scratch
+  step $PY train_cifar10.py --config configs/cifar10_dev.yaml run=ev_c10_other data.root=data data.folder=cifar10-other \
+    noise.kind=none noise.rate=0
+  step $PY holdout.py run=ev_c10n_aggre holdout.name=init holdout.init=ev_c10_other holdout.train.lr=0.01 holdout.train.epochs=6 \
+    "holdout.train.milestones=[4]"
+}
+HALF_C="holdout.train.epochs=6 holdout.train.milestones=[4,5]"
+cost() {  # holdout settings against cost (the default: 2 folds of the run's own recipe, 1.0x its training)
+  for r in ev_c10n_random1 ev_c10n_worse; do
+    step $PY holdout.py run=$r holdout.name=f2_half $HALF_C
+    step $PY holdout.py run=$r holdout.name=s4_half holdout.scheme=subsets holdout.models=4 $HALF_C
+    step $PY holdout.py run=$r holdout.name=f3_23 holdout.models=3 holdout.train.epochs=8 "holdout.train.milestones=[5,7]"
+  done
+  for s in 0 1 2; do for kind in symmetric asymmetric instance; do
+    r=ev_digits_${kind}_s$s
+    step $PY holdout.py run=$r holdout.name=f2_half holdout.train.epochs=30
+    step $PY holdout.py run=$r holdout.name=s4_half holdout.scheme=subsets holdout.models=4 holdout.train.epochs=30
+    step $PY holdout.py run=$r holdout.name=f3_23 holdout.models=3 holdout.train.epochs=40
+    step $PY holdout.py run=$r holdout.name=f5 holdout.models=5
+    step $PY holdout.py run=$r holdout.name=mlp holdout.method=mlp
+  done; done
+}
+fz() {  # Feldman-Zhang's 200-model ensemble on digits against the memorization score (holdout subsets, 8 models)
+  step $PY fz_memorization.py run=ev_digits_symmetric_s0
+  step $PY holdout.py run=ev_digits_symmetric_s0 holdout.name=s8 holdout.scheme=subsets holdout.models=8 holdout.fraction=0.7
+}
+"$@"
