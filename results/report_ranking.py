@@ -147,8 +147,8 @@ def main() -> None:
         rows, boots, thr, cost = [], {}, [], []
         for role, names in (("select", SELECT), ("report", REPORT)):
             for name in names:
-                if not (Path(args.pretrained) / name).is_dir():
-                    print(f"missing run {name}: skipped")
+                if not (Path(args.scores) / name / "holdout" / "holdout.npz").is_file():
+                    print(f"run {name} has no holdout files yet: skipped")
                     continue
                 got, run = open_inputs(name, args)
                 target = np.asarray(got["curv"]["is_noisy"], bool)

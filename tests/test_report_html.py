@@ -616,3 +616,45 @@ def test_decisions_in_headless_chromium(tmp_path, browser):
         b.page("Page.removeScriptToEvaluateOnNewDocument", identifier=script)
     assert b.errors() == []
     assert time.monotonic() - t0 < 30
+
+
+# ----------------------------------------------------------------------------- the loop: decide, export, retrain
+def test_decisions_exported_from_a_real_report_train_a_digits_run(tmp_path, browser):
+    """A tiny noisy digits run, its holdout stage and report; decisions clicked in the page and exported; a new run
+    trained on exactly those bytes (data.labels + data.exclude) relabels and removes what was decided, and its
+    report names the run it was corrected from."""
+    from utils.holdout.stage import run_holdout
+    from utils.report.build import make_report
+    from utils.runs import open_run
+    from utils.train import train
+
+    from .conftest import tiny_cfg
+    from .test_analysis import write_scores
+
+    cfg = tiny_cfg(tmp_path, "noise.kind=symmetric", "noise.rate=0.2", "train.epochs=20", "report.top=30",
+                   "holdout.method=mlp", "run=orig")
+    train(cfg)
+    write_scores(cfg, np.random.default_rng(0).random(300))
+    run_holdout(cfg, progress=False)
+    res = make_report(cfg, progress=False)
+    t = res["table"]
+    a, b = int(t["index"][0]), int(t["index"][1])
+    new = "7" if t["given_class"][0] != "7" else "3"
+    data = export_csv_via_browser(res["out_dir"] / "report.html", [("relabel", a, new), ("remove", b)], tmp_path,
+                                  browser)
+    lines = data.decode().splitlines()
+    assert lines[0] == "index,file,label,remove,decision,from_run,from_identity" and len(lines) == 3
+    assert lines[1].startswith(f"{a},digits:train:") and f",{new},0,relabel,orig," in lines[1]
+    export = tmp_path / "decisions.csv"
+    export.write_bytes(data)
+    fixed = tiny_cfg(tmp_path, "noise.kind=none", "noise.rate=0", "train.epochs=2", f"data.labels={export}",
+                     f"data.exclude={export}", "run=fixed")
+    train(fixed)
+    rec, orig = open_run(fixed).record, open_run(cfg).record
+    assert rec["corrected_from"] == "orig" and rec["labels_changed_from_run"] == 1 and rec["excluded"] == 1
+    want = orig["given_labels"].numpy().copy()
+    want[a] = int(new)
+    np.testing.assert_array_equal(rec["given_labels"].numpy(), np.delete(want, b))  # the rest: orig's noisy labels
+    write_scores(fixed, np.random.default_rng(1).random(299))
+    notes = make_report(fixed, progress=False, html=False)["notes"]
+    assert any("corrected from run orig (1 labels changed, 1 samples removed" in n for n in notes)

@@ -50,6 +50,8 @@ SCORES: dict[str, Score] = {s.id: s for s in (
     Score("confident_learning", "confident learning (1 - label quality)", "holdout",
           "1 - p(given) of the out-of-sample probabilities (cleanlab's self-confidence); in-sample fallback"),
     Score("confident_learning_flag", "confident learning flag (binary)", "holdout", "cleanlab's find_label_issues"),
+    Score("cleanlab_issues", "cleanlab find_label_issues, ranked", "holdout",
+          "cleanlab's flagged issues first, each group by 1 - self-confidence (what find_label_issues gives a user)"),
     Score("holdout_margin", "out-of-sample margin (max other p - p(given))", "holdout",
           "the largest other class's held-out probability minus the given label's"),
     Score("memorization", "memorization p_in - p_out", "holdout",
