@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # More runs behind the out-of-sample evidence, on the runs of results/evidence_runs.sh: a run on other CIFAR-10 data
 # and fold models fine-tuned from it (init), holdout settings against cost (cost), Feldman-Zhang on digits (fz).
-#   bash results/evidence_more.sh init|cost|fz   (from the repository root; DATA_ROOT=../shared/data)
+#   bash results/evidence_more.sh init|cost_cifar|cost_digits|fz   (from the repository root; DATA_ROOT=../shared/data)
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
 export DATA_ROOT=${DATA_ROOT:-../shared/data} OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
@@ -14,20 +14,22 @@ init() {  # a run on 10k other CIFAR-10 training images (bash results/cifar10_ot
     "holdout.train.milestones=[4]"
 }
 HALF_C="holdout.train.epochs=6 holdout.train.milestones=[4,5]"
-cost() {  # holdout settings against cost (the default: 2 folds of the run's own recipe, 1.0x its training)
+cost_cifar() {  # holdout settings against cost (the default: 2 folds of the run's own recipe, 1.0x its training)
   for r in ev_c10n_random1 ev_c10n_worse; do
     step $PY holdout.py run=$r holdout.name=f2_half $HALF_C
     step $PY holdout.py run=$r holdout.name=s4_half holdout.scheme=subsets holdout.models=4 $HALF_C
     step $PY holdout.py run=$r holdout.name=f3_23 holdout.models=3 holdout.train.epochs=8 "holdout.train.milestones=[5,7]"
   done
-  for s in 0 1 2; do for kind in symmetric asymmetric instance; do
-    r=ev_digits_${kind}_s$s
+}
+cost_digits() {
+  for kind in symmetric asymmetric instance; do
+    r=ev_digits_${kind}_s0
     step $PY holdout.py run=$r holdout.name=f2_half holdout.train.epochs=30
     step $PY holdout.py run=$r holdout.name=s4_half holdout.scheme=subsets holdout.models=4 holdout.train.epochs=30
     step $PY holdout.py run=$r holdout.name=f3_23 holdout.models=3 holdout.train.epochs=40
     step $PY holdout.py run=$r holdout.name=f5 holdout.models=5
     step $PY holdout.py run=$r holdout.name=mlp holdout.method=mlp
-  done; done
+  done
 }
 fz() {  # Feldman-Zhang's 200-model ensemble on digits against the memorization score (holdout subsets, 8 models)
   step $PY fz_memorization.py run=ev_digits_symmetric_s0

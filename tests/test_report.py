@@ -265,3 +265,37 @@ def test_scores_in_column_chunks_equal_the_whole_file_at_once():
             if k != "confident_learning" or h is not None:
                 np.testing.assert_array_equal(whole[k], chunked[k])
     assert np.isnan(whole["memorization"][held["n_out"] == 0]).all()  # no model held it out: no estimate
+
+
+def test_canaries_are_recorded_hidden_from_the_list_and_measure_recall(tmp_path):
+    from utils.noise import canary_labels
+
+    given = np.array([0, 1, 2, 0, 1, 2, 0, 1])
+    true = given.copy()
+    true[0] = 1  # already wrong: never a canary
+    other = np.array([1, 0, 0, 2, 1, 1, 1, 0])  # sample 4 is confused with its own label: never a canary
+    out, canary = canary_labels(given, true, other, 0.5, seed=3)
+    assert canary.sum() == 4 and not canary[[0, 4]].any()
+    np.testing.assert_array_equal(out[canary], other[canary])
+    np.testing.assert_array_equal(out[~canary], given[~canary])
+    with pytest.raises(UserError, match="only 6 samples can carry one"):
+        canary_labels(given, true, other, 0.9, seed=3)
+    make_run(tmp_path, "noise.kind=none", "noise.rate=0", "run=ref")
+    cfg = _scored(tmp_path, "noise.kind=none", "noise.rate=0", "noise.canaries=0.05", "noise.canary_reference=ref",
+                  "report.probs=best", "run=can")
+    rec = open_run(cfg).record
+    can = rec["is_canary"].numpy()
+    assert can.sum() == 15 and rec["canaries"] == 15 and rec["is_noisy"].numpy()[can].all()
+    res = make_report(cfg, progress=False, html=False)
+    assert len(res["table"]["rank"]) == 285 and not np.isin(res["table"]["index"], np.flatnonzero(can)).any()
+    assert list(res["table"]["rank"]) == list(range(1, 286))
+    note = next(n for n in res["notes"] if n.startswith("canaries: 15 hidden"))
+    assert "recall at 200" in note
+
+
+def test_canary_recall_counts_canaries_above_the_kth_listed_sample():
+    from utils.report.build import canary_recall
+
+    got = canary_recall(np.array([5.0, 3.0, 1.0]), np.array([6.0, 4.0, 2.0, 0.0]), 2, 3, 10)["recall"]
+    assert [got[k][0] for k in (2, 3, 10)] == [1 / 3, 2 / 3, 1.0]
+    assert got[2][1] < 1 / 3 < got[2][2]

@@ -60,6 +60,10 @@ DEFAULTS: dict[str, Any] = {
         "duplicates": 0,  # inject this many duplicated images carrying a different label
         "reference": "",  # kind=instance: a run trained on the clean labels of the same data (another seed)
         "reference_identity": "",  # kind=instance: the reference's identity hash, filled in by training (leave empty)
+        # canaries: this share of samples flipped to the class a reference run confuses them with; recorded, never
+        # listed as suspects; the report measures its own recall on them (docs/report.md "Canaries")
+        "canaries": 0.0,
+        "canary_reference": "",  # a finished run on the same data (any labels, e.g. a first run on them)
     },
     "model": {
         # a registered name (utils.models.MODELS), timm:<name> (timm's zoo, never pretrained) or <module>:<callable>
@@ -358,7 +362,7 @@ _ADDED_LATER = {"data.on_device": False, "train.optimizer": "sgd", "data.folds":
                 "data.fold_seed": 0, "noise.reference": "", "noise.reference_identity": "", "model.kwargs": {},
                 "train.dtype": "float32", "data.fold_scheme": "folds", "data.fold_fraction": 0.5, "data.labels": "",
                 "data.labels_column": "label", "data.labels_key": "auto", "data.exclude": "", "train.init": "",
-                "train.init_identity": ""}
+                "train.init_identity": "", "noise.canaries": 0.0, "noise.canary_reference": ""}
 
 
 def identity_items(cfg: dict[str, Any]) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from .errors import UserError
 from .faults import fault_point
 from .folds import holdout, restrict
 from .labels import apply_labels, exclude_positions
-from .noise import INSTANCE_RULE, corrupt_labels, instance_noise, pick_duplicates
+from .noise import CANARY_RULE, INSTANCE_RULE, canary_labels, canary_reference, corrupt_labels, instance_noise, pick_duplicates
 
 CIFAR_MEAN = {"cifar10": (0.4914, 0.4822, 0.4465), "cifar100": (0.5071, 0.4865, 0.4409)}
 CIFAR_STD = {"cifar10": (0.2470, 0.2435, 0.2616), "cifar100": (0.2673, 0.2564, 0.2762)}
@@ -314,6 +314,12 @@ def build_data(cfg: dict[str, Any], recorded_labels: np.ndarray | None = None) -
     if d["labels"]:  # labels from a CSV (utils/labels.py): CIFAR-10N, a report's exported decisions
         given, file_meta = apply_labels(cfg, given, list(classes), files, cfg["paths"]["pretrained"])
     n = len(ytr)
+    canary = np.zeros(n, bool)
+    if nz["canaries"] > 0:
+        other, ident = canary_reference(cfg["paths"]["pretrained"], nz["canary_reference"], n)
+        given, canary = canary_labels(given, ytr, other, nz["canaries"], nz["seed"])
+        file_meta.update(canaries=int(canary.sum()), canary_reference=nz["canary_reference"],
+                         canary_reference_identity=ident, canary_rule=CANARY_RULE)
     source = np.arange(n)
     true, dup, dup_of = ytr, np.zeros(n, bool), np.full(n, -1, np.int64)
     if nz["duplicates"] > 0:
@@ -323,18 +329,21 @@ def build_data(cfg: dict[str, Any], recorded_labels: np.ndarray | None = None) -
         true = np.concatenate([ytr, ytr[src]])
         dup = np.concatenate([dup, np.ones(len(src), bool)])
         dup_of = np.concatenate([dup_of, src])
+        canary = np.concatenate([canary, np.zeros(len(src), bool)])
 
     if d["exclude"]:  # samples a decisions file removes (before any fold split)
         drop, meta = exclude_positions(cfg, len(given), files)
         file_meta.update(meta)
-        arrays = {"source": source, "given": given, "true": true, "dup": dup, "dup_of": dup_of}
+        arrays = {"source": source, "given": given, "true": true, "dup": dup, "dup_of": dup_of, "canary": canary}
         restrict(arrays, np.setdiff1d(np.arange(len(given)), drop))
-        source, given, true, dup, dup_of = (arrays[a] for a in ("source", "given", "true", "dup", "dup_of"))
+        source, given, true, dup, dup_of, canary = (arrays[a] for a in ("source", "given", "true", "dup", "dup_of",
+                                                                        "canary"))
     keep = None
     if d["folds"]:
-        arrays = {"source": source, "given": given, "true": true, "dup": dup, "dup_of": dup_of}
+        arrays = {"source": source, "given": given, "true": true, "dup": dup, "dup_of": dup_of, "canary": canary}
         keep = holdout(arrays, d)
-        source, given, true, dup, dup_of = (arrays[a] for a in ("source", "given", "true", "dup", "dup_of"))
+        source, given, true, dup, dup_of, canary = (arrays[a] for a in ("source", "given", "true", "dup", "dup_of",
+                                                                        "canary"))
     augment = d["augment"] and name != "digits"
     train = IndexedDataset(xtr, source, given, true, mk(augment), dup, dup_of)
     train_eval = train.with_transform(mk(False))
@@ -357,6 +366,8 @@ def build_data(cfg: dict[str, Any], recorded_labels: np.ndarray | None = None) -
         "duplicate_of": torch.from_numpy(dup_of),
         "source_index": torch.from_numpy(source),
     }
+    if canary.any():
+        record["is_canary"] = torch.from_numpy(canary)
     if folder_data:  # where each source image lives, relative to data.root/data.folder
         record["source_files"] = files
     record.update(file_meta)

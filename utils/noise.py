@@ -216,3 +216,39 @@ def instance_noise(cfg: dict[str, Any], ytr: np.ndarray, recorded: np.ndarray | 
                         "train this run under a new run=<name> (or drop the noise.reference_identity override)")
     nz["reference_identity"] = ident
     return instance_labels(ytr, conf, other, nz["rate"])
+
+
+# ----------------------------------------------------------------------------- canaries
+CANARY_RULE = ("canaries: round(rate*N) samples drawn at random (seed noise.seed, stream 2) among those whose label is "
+               "the data set's own and whose reference confused-with class differs, get that class (the flip a person "
+               "confusing the two would make)")
+
+
+def canary_labels(given: np.ndarray, true: np.ndarray, confused_with: np.ndarray, rate: float,
+                  seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(given labels (N,) with the canaries flipped, is_canary (N,) bool): exactly round(rate*N) samples, drawn at
+    random among those with given == true and confused_with != given, get confused_with."""
+    given, true, other = (np.asarray(a, np.int64) for a in (given, true, confused_with))
+    if not 0.0 <= rate < 1.0:
+        raise UserError(f"noise.canaries={rate} must be in [0, 1)")
+    count = int(round(rate * len(given)))
+    movable = np.flatnonzero((given == true) & (other != given))
+    if count > len(movable):
+        raise UserError(f"noise.canaries={rate} asks for {count} canaries but only {len(movable)} samples can carry one")
+    pick = np.sort(np.random.default_rng([seed, 2]).permutation(movable)[:count])
+    out, canary = given.copy(), np.zeros(len(given), bool)
+    out[pick], canary[pick] = other[pick], True
+    return out, canary
+
+
+def canary_reference(pretrained: str | Path, name: str, n: int) -> tuple[np.ndarray, str]:
+    """(confused-with class (N,), identity) from any finished run of the same N samples (e.g. the user's first run on
+    these labels): its per-epoch `other` / `other_prob` statistics, as `reference_confusion`."""
+    how = f"train a run on this data first and pass noise.canary_reference=<run> (now {name!r})"
+    rdir = Path(pretrained) / name
+    if not name or not (rdir / "run.json").is_file() or not (rdir / "train_stats.npz").is_file():
+        raise UserError(f"noise.canaries needs a finished reference run; {how}")
+    z = load_npz(rdir / "train_stats.npz", how, keys=("other", "other_prob", "given_label"), require=("epochs",))
+    if "other" not in z or len(z["other"][0]) != n:
+        raise UserError(f"canary reference run {name!r} has no other/other_prob statistics for these {n} samples; {how}")
+    return reference_confusion(z["other"], z["other_prob"])[1], str(json.loads((rdir / "run.json").read_text())["identity"])

@@ -43,7 +43,8 @@ _EPOCH_RE = re.compile(r"epoch_(\d{3,})\.pt$")
 RECORDED = ("data", "noise", "model", "train")  # sections the run record owns
 DATA_LOCATION = ("data.root", "data.folder", "data.num_workers")  # may differ from the record: where data lives now
 RECORD_KEYS = ("index", "given_labels", "true_labels", "is_noisy", "is_duplicate", "duplicate_of", "source_index")
-OPTIONAL_RECORD_KEYS = ("parent_index",)  # fold runs (data.folds > 1): each sample's position in the whole training set
+# parent_index: fold runs (data.folds > 1), each sample's position in the whole training set; is_canary: noise.canaries
+OPTIONAL_RECORD_KEYS = ("parent_index", "is_canary")
 
 
 # ----------------------------------------------------------------------------- paths

@@ -182,6 +182,13 @@ def make_report(cfg: dict[str, Any], progress: bool = True, html: bool = True) -
     sources = _sources(run, curv)
     classes = list(run.record["classes"])
     table = suspect_table(stats, curv, cols, sug, scores, rule, classes, sources, pairs, r)
+    canary = _canaries(run, curv)
+    if canary.any():  # canaries are never listed: the report measures its own recall on them
+        hidden = canary[_pos(curv, table["index"])]
+        cans = canary_recall(value[canary], table["report_score"][~hidden], r["top"],
+                             int((table["category"][~hidden] == CATEGORY_NAMES[1]).sum()))
+        table = {k: (np.arange(1, int((~hidden).sum()) + 1) if k == "rank" else v[~hidden]) for k, v in table.items()}
+        notes.append(cans["note"])
     paths = [_write_csv(out / "suspects.csv", table)]
     top = min(r["top"], len(table["rank"]))
     head = [{k: table[k][i].item() if hasattr(table[k][i], "item") else table[k][i] for k in table} for i in range(top)]
@@ -189,8 +196,10 @@ def make_report(cfg: dict[str, Any], progress: bool = True, html: bool = True) -
     paths.append(write_text(out / "suspects.md", markdown_table(head[:50], shown)))
     evaluation = []
     if "is_noisy" in table:
-        target = np.asarray(curv["is_noisy"], bool)
-        evaluation = evaluate_rules(scores, target, [rule, *[s for s in SINGLE if s != rule]])
+        target = np.asarray(curv["is_noisy"], bool) & ~canary
+        keep = ~canary
+        evaluation = evaluate_rules({k: v[keep] for k, v in scores.items()}, target[keep],
+                                    [rule, *[s for s in SINGLE if s != rule]])
         paths += write_table(out / "ranking", evaluation)
         e0 = evaluation[0]
         notes.append(f"known label errors ({int(target.sum())} labels): the report's ranking has precision at k "
@@ -202,6 +211,30 @@ def make_report(cfg: dict[str, Any], progress: bool = True, html: bool = True) -
         paths.append(_html(run, out, table, head, rule, counts, notes, pairs, sources, figs, stats, curv, cols, sug))
     return {"table": table, "notes": notes, "counts": counts, "pairs": pairs, "evaluation": evaluation,
             "paths": paths, "out_dir": out, "seconds": time.time() - t0, "rule": rule}
+
+
+def _canaries(run: Run, curv: dict[str, np.ndarray]) -> np.ndarray:
+    """(N,) bool in curv's order: the run's canaries (noise.canaries), all False for a run without."""
+    if "is_canary" not in run.record:
+        return np.zeros(len(curv["index"]), bool)
+    return run.record["is_canary"].numpy()[np.asarray(curv["index"])]
+
+
+def canary_recall(canary_values: np.ndarray, listed_values: np.ndarray, *ks: int) -> dict[str, Any]:
+    """The report's recall at k estimated on its canaries: the share of canaries (values (C,)) that rank above the
+    k-th listed sample (listed_values (N,), sorted from the top), with the Wilson 95 % interval of C draws, per k."""
+    from ..holdout.memorization import wilson
+
+    c = len(canary_values)
+    rows = {}
+    for k in sorted({int(k) for k in ks if k > 0}):
+        cut = listed_values[min(k, len(listed_values)) - 1]
+        found = int((canary_values >= cut).sum())
+        lo, hi = wilson(np.array([found / c]), np.array([c]))
+        rows[k] = (found / c, float(lo[0]), float(hi[0]))
+    text = "; ".join(f"recall at {k}: {v[0]:.2f} [{v[1]:.2f}, {v[2]:.2f}]" for k, v in rows.items())
+    return {"recall": rows, "note": f"canaries: {c} hidden label flips (noise.canaries), never listed; estimated {text} "
+                                    "(the share of canaries ranked above the k-th listed sample, Wilson 95 %)"}
 
 
 def _pos(curv: dict[str, np.ndarray], index: Any) -> np.ndarray:
