@@ -18,6 +18,7 @@ setup: $(STAMP)
 demo: setup
 	$(BIN)/python train_digits.py run=$(DEMO_RUN)
 	$(BIN)/python score_digits_checkpoint.py run=$(DEMO_RUN)
+	$(BIN)/python holdout.py run=$(DEMO_RUN)
 	$(BIN)/python analyze_curvature.py run=$(DEMO_RUN)
 	$(BIN)/python memorization_report.py run=$(DEMO_RUN)
 

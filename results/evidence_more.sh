@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # More runs behind the out-of-sample evidence, on the runs of results/evidence_runs.sh: a run on other CIFAR-10 data
 # and fold models fine-tuned from it (init), holdout settings against cost (cost), Feldman-Zhang on digits (fz).
-#   bash results/evidence_more.sh init|cost_cifar|cost_digits|fz   (from the repository root; DATA_ROOT=../shared/data)
+#   bash results/evidence_more.sh init|cost_cifar|cost_digits|fix|canary|fz   (from the repository root; DATA_ROOT=../shared/data)
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
 export DATA_ROOT=${DATA_ROOT:-../shared/data} OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
@@ -15,8 +15,9 @@ init() {  # a run on 10k other CIFAR-10 training images (bash results/cifar10_ot
 }
 HALF_C="holdout.train.epochs=6 holdout.train.milestones=[4,5]"
 cost_cifar() {  # holdout settings against cost (the default: 2 folds of the run's own recipe, 1.0x its training)
-  for r in ev_c10n_random1 ev_c10n_worse; do
+  for r in ${COST_RUNS:-ev_c10n_random1 ev_c10n_worse}; do
     step $PY holdout.py run=$r holdout.name=f2_half $HALF_C
+    [ -n "${COST_QUICK:-}" ] && continue
     step $PY holdout.py run=$r holdout.name=s4_half holdout.scheme=subsets holdout.models=4 $HALF_C
     step $PY holdout.py run=$r holdout.name=f3_23 holdout.models=3 holdout.train.epochs=8 "holdout.train.milestones=[5,7]"
   done
@@ -30,6 +31,20 @@ cost_digits() {
     step $PY holdout.py run=$r holdout.name=f5 holdout.models=5
     step $PY holdout.py run=$r holdout.name=mlp holdout.method=mlp
   done
+}
+N10=$DATA_ROOT/cifar10n/cifar10_dev_human_labels.csv
+fix() {  # retrain CIFAR-10N aggre on its report's decisions (results/fix_arms.py writes results/fix/*.csv first)
+  for arm in accept remove random; do
+    ex=$([ $arm = remove ] && echo "data.exclude=results/fix/$arm.csv" || true)
+    step $PY train_cifar10.py --config configs/cifar10_dev.yaml run=ev_fix_$arm noise.kind=none noise.rate=0 \
+      data.labels=results/fix/$arm.csv $ex train.stats=false
+  done
+}
+canary() {  # CIFAR-10N aggre with 1 % canaries flipped to the class the aggre run confuses them with
+  step $PY train_cifar10.py --config configs/cifar10_dev.yaml run=ev_c10n_aggre_can noise.kind=none noise.rate=0 \
+    data.labels=$N10 data.labels_column=aggre noise.canaries=0.01 noise.canary_reference=ev_c10n_aggre \
+    score.online=true score.every=6
+  step $PY score_cifar10_checkpoint.py run=ev_c10n_aggre_can score.every=6
 }
 fz() {  # Feldman-Zhang's 200-model ensemble on digits against the memorization score (holdout subsets, 8 models)
   step $PY fz_memorization.py run=ev_digits_symmetric_s0
