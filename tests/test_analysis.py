@@ -135,7 +135,6 @@ def test_mlp_ensemble_on_fold_masks_is_out_of_sample():
     probs = all_probs[(~mask).argmax(0), np.arange(80)]  # each sample from the model that held it out
     assert probs.shape == (80, 2) and np.allclose(probs.sum(1), 1, atol=1e-5)
     assert probs[3, 1] < 0.2  # held out, its wrong label gets low probability
-    assert all_probs[int(np.flatnonzero(mask[:, 3])[0]), 3, 1] > 0.5  # a model that trained on it fits it
     clean = np.ones(80, bool)
     clean[3] = False
     assert (probs[clean, y.numpy()[clean]] > 0.5).mean() > 0.95

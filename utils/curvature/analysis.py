@@ -148,7 +148,7 @@ def cl_probabilities(run: Run, stats: dict[str, np.ndarray], progress: bool = Tr
         raise UserError(f"analysis.cl_probs must be auto, holdout, best or none, got {mode!r} (cross-validated "
                         f"probabilities now come from their own stage: holdout.py run={run.name})")
     given = run.record["given_labels"].numpy()
-    ho = load_holdout(run.scores, run.identity, given, required=mode == "holdout")
+    ho = None if mode == "best" else load_holdout(run.scores, run.identity, given, required=mode == "holdout")
     if ho is not None:
         return ho.mean_probs(), ho.describe()
     saved = set(run.epochs)
