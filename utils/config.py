@@ -176,8 +176,9 @@ DEFAULTS: dict[str, Any] = {
         "holdout": "",  # which holdout files: "" = curv_scores/<run>/holdout/, a name = holdout_<name>/ (holdout.name)
         "top": 200,  # suspects shown in report.html (gallery + table); suspects.csv holds every sample
         "gallery": 64,  # images in the gallery figure
-        "mislabeled_prob": 0.5,  # likely mislabeled: suggested class != given with at least this probability
-        "split_prob": 0.25,  # ambiguous: held out, the given label and another class both at least this probable
+        # thresholds chosen on the selection runs (results/report_ranking.py, docs/report.md "How the thresholds were chosen")
+        "mislabeled_prob": 0.7,  # likely mislabeled: suggested class != given with at least this probability
+        "split_prob": 0.15,  # ambiguous: held out, the given label and another class both at least this probable
         "late_epochs": 3,  # memorization's p_in: the run's p(given) averaged over its last this many recorded epochs
         "duplicates": "auto",  # conflicting-duplicate search: auto (in-memory data up to dup_max_n samples) | on | off
         "dup_top": 1000,  # search from the top-k of the ranking and the top-k curvature samples

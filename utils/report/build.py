@@ -26,7 +26,7 @@ from ..runs import Run, open_run
 from ..scores.catalogue import CATEGORIES, CATEGORY_NAMES
 from ..scores.compute import all_scores
 from . import figures
-from .ranking import SINGLE, apply_rule, default_rule, evaluate_rules, members
+from .ranking import DEFAULT_RULE, SINGLE, apply_rule, evaluate_rules, members
 from .table import Suggestion, best_epoch, suggestion_from_probs, suggestion_from_stats, suspect_table
 
 FOLDER_DATA = ("imagefolder", "imagenet")
@@ -160,7 +160,7 @@ def make_report(cfg: dict[str, Any], progress: bool = True, html: bool = True) -
     r = run.cfg["report"]
     got = load_inputs(run, progress)
     curv, stats, cols, sug, scores = (got[k] for k in ("curv", "stats", "cols", "sug", "scores"))
-    rule = default_rule(scores) if r["ranking"] == "auto" else r["ranking"]
+    rule = DEFAULT_RULE if r["ranking"] == "auto" else r["ranking"]
     out = run.scores / "report"
     notes = [f"ranking: {rule}" + (" (the default, chosen by evidence on other runs: docs/report.md)"
                                    if r["ranking"] == "auto" else " (report.ranking)")]
