@@ -11,7 +11,9 @@ REPORT is measured, never chosen on. CIFAR-10N aggre (real human label errors, 9
 Writes <out>_ranking.csv (run x rule: precision at k with its paired-bootstrap 95 % interval, recall in the top 1 %,
 AUROC), <out>_selection.csv (mean over the selection runs, the interval of each rule's difference to the best, the
 cost tier, the choice), <out>_thresholds.csv (report.mislabeled_prob and report.split_prob: what each value flags)
-and <out>_cost.csv (holdout settings against their cost and quality, for every run that has the variants).
+<out>_cost.csv (holdout settings against their cost and quality, for every run that has the variants) and
+<out>_report_diffs.csv (on the report runs: the default's precision at k minus cleanlab's and each training-dynamics
+score's, with paired-bootstrap intervals).
 
 Choice rules. Ranking: the highest mean precision at k over the selection runs; every rule whose paired-bootstrap
 interval of the difference to it includes 0 is tied, and a tie goes to the cheaper rule (cost tier: 0 = training
@@ -144,7 +146,7 @@ def main() -> None:
     args = ap.parse_args()
     rules = [*SINGLE, *COMBINED]
     try:
-        rows, boots, thr, cost = [], {}, [], []
+        rows, boots, thr, cost, diffs = [], {}, [], [], []
         for role, names in (("select", SELECT), ("report", REPORT)):
             for name in names:
                 if not (Path(args.scores) / name / "holdout" / "holdout.npz").is_file():
@@ -154,9 +156,17 @@ def main() -> None:
                 target = np.asarray(got["curv"]["is_noisy"], bool)
                 meta = {"run": name, "role": role, "family": family(name), "k": int(target.sum())}
                 rows += [{**meta, **r} for r in evaluate_rules(got["scores"], target, rules, args.boot)]
+                vals = {r: apply_rule(got["scores"], r) for r in rules if all(m in got["scores"] for m in members(r))}
+                b = bootstrap_precision_at_k(vals, target, args.boot, 1)
                 if role == "select":
-                    vals = {r: apply_rule(got["scores"], r) for r in rules if all(m in got["scores"] for m in members(r))}
-                    boots[name] = bootstrap_precision_at_k(vals, target, args.boot, 1)
+                    boots[name] = b
+                else:  # the targets: the default against cleanlab and every single training-dynamics score
+                    for other in ("cleanlab_issues", "confident_learning", *[r for r in SINGLE if SCORES[r].source ==
+                                                                              "stats" and r != DEFAULT_RULE]):
+                        lo, hi = interval(b[DEFAULT_RULE] - b[other])
+                        diffs.append({"run": name, "rule": DEFAULT_RULE, "against": other,
+                                      "diff": precision_at_k(vals[DEFAULT_RULE], target) - precision_at_k(vals[other], target),
+                                      "ci_lo": lo, "ci_hi": hi, "excludes_0": not lo <= 0 <= hi})
                 if got["held"] is not None:
                     thr += [{**meta, **t} for t in thresholds(got, run)]
                 cost += cost_rows(name, args)
@@ -181,6 +191,8 @@ def main() -> None:
         paths = write_table(args.out + "_ranking", rows) + write_table(args.out + "_selection", selection)
         if thr:
             paths += write_table(args.out + "_thresholds", thr)
+        if diffs:
+            paths += write_table(args.out + "_report_diffs", diffs)
         if cost:
             paths += write_table(args.out + "_cost", cost)
     except UserError as e:

@@ -52,6 +52,8 @@ DEFAULTS: dict[str, Any] = {
         "labels_column": "label",  # the CSV column holding the labels (class names or numbers), e.g. aggre
         "labels_key": "auto",  # auto (file for folder data when the CSV has it, else index) | file | index
         "exclude": "",  # CSV path: leave out the rows whose `remove` column is 1 / true
+        "labels_identity": "",  # filled in by training: the labels file's SHA-256 (a changed file is a new run)
+        "exclude_identity": "",  # filled in by training: the exclusions file's SHA-256
     },
     "noise": {
         "kind": "none",  # none | symmetric | asymmetric | random | instance (needs noise.reference)
@@ -363,7 +365,8 @@ _ADDED_LATER = {"data.on_device": False, "train.optimizer": "sgd", "data.folds":
                 "data.fold_seed": 0, "noise.reference": "", "noise.reference_identity": "", "model.kwargs": {},
                 "train.dtype": "float32", "data.fold_scheme": "folds", "data.fold_fraction": 0.5, "data.labels": "",
                 "data.labels_column": "label", "data.labels_key": "auto", "data.exclude": "", "train.init": "",
-                "train.init_identity": "", "noise.canaries": 0.0, "noise.canary_reference": ""}
+                "train.init_identity": "", "noise.canaries": 0.0, "noise.canary_reference": "",
+                "data.labels_identity": "", "data.exclude_identity": ""}
 
 
 def identity_items(cfg: dict[str, Any]) -> dict[str, Any]:

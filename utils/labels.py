@@ -110,12 +110,28 @@ def base_labels(header: list[str], rows: list[dict[str, str]], pretrained: str, 
     return np.asarray(given[:n], np.int64), name
 
 
+def pin(cfg: dict[str, Any], key: str) -> str:
+    """The SHA-256 of the file `data.<key>`, written into `data.<key>_identity` (part of the run's identity, so a
+    changed file is another run: a resume with it is refused); UserError when it differs from the one recorded."""
+    d = cfg["data"]
+    path = d[key]
+    if not Path(path).is_file():
+        raise UserError(f"data.{key}={path}: file not found (a CSV with a header: index or file, label, remove)")
+    sha = file_sha256(path)
+    if d[f"{key}_identity"] not in ("", sha):
+        raise UserError(f"data.{key}={path} changed since this run was started (SHA-256 {d[f'{key}_identity']} then, "
+                        f"{sha} now): restore the file, or train a new run on it")
+    d[f"{key}_identity"] = sha
+    return sha
+
+
 def apply_labels(cfg: dict[str, Any], given: np.ndarray, classes: list[str], files: list[str] | None,
                  pretrained: str) -> tuple[np.ndarray, dict[str, Any]]:
     """Given labels (N,) from `data.labels` (the labels the run would have otherwise elsewhere), and what the record
     keeps about the file."""
     d = cfg["data"]
     what = f"data.labels={d['labels']}"
+    sha = pin(cfg, "labels")
     header, rows = read_rows(d["labels"], "data.labels")
     col = d["labels_column"]
     if col not in header:
@@ -124,7 +140,7 @@ def apply_labels(cfg: dict[str, Any], given: np.ndarray, classes: list[str], fil
     out = (base if base is not None else given).copy()
     pos = row_positions(header, rows, d["labels_key"], len(given), files, what)
     out[pos] = parse_labels([r[col] for r in rows], classes, what)
-    meta = {"labels_file": str(d["labels"]), "labels_sha256": file_sha256(d["labels"]), "labels_column": col,
+    meta = {"labels_file": str(d["labels"]), "labels_sha256": sha, "labels_column": col,
             "labels_rows": len(rows), "labels_changed": int((out != given).sum())}
     if corrected_from:
         meta["corrected_from"] = corrected_from
@@ -137,6 +153,7 @@ def exclude_positions(cfg: dict[str, Any], n: int, files: list[str] | None) -> t
     """Positions (sorted) that `data.exclude` removes from the training set, and what the record keeps."""
     d = cfg["data"]
     what = f"data.exclude={d['exclude']}"
+    sha = pin(cfg, "exclude")
     header, rows = read_rows(d["exclude"], "data.exclude")
     if "remove" not in header:
         raise UserError(f"{what}: no 'remove' column (it has: {', '.join(header)})")
@@ -148,5 +165,5 @@ def exclude_positions(cfg: dict[str, Any], n: int, files: list[str] | None) -> t
     drop = np.unique(pos[[w in TRUE_WORDS for w in words]])
     if len(drop) >= n:
         raise UserError(f"{what} removes all {n} training samples")
-    return drop, {"exclude_file": str(d["exclude"]), "exclude_sha256": file_sha256(d["exclude"]),
+    return drop, {"exclude_file": str(d["exclude"]), "exclude_sha256": sha,
                   "excluded": len(drop), "excluded_index": drop.tolist()}

@@ -288,6 +288,9 @@ def _html(run: Run, out: Path, table: dict[str, np.ndarray], head: list[dict[str
                ("ranking", rule), ("categories", ", ".join(f"{k}: {v}" for k, v in counts.items()))]
     pair_rows = [{"a": p["a"], "b": p["b"], "label_a": cls[p["given_i"]], "label_b": cls[p["given_j"]],
                   "distance": float(p["pixel_rms"])} for p in pairs]
+    if c["data"]["labels"]:
+        summary.insert(3, ("labels", f"{Path(c['data']['labels']).name}, column {c['data']['labels_column']}: "
+                                     f"{d.get('labels_changed', '?')} differ from the data set's own"))
     if "corrected_from" in d:
         summary.insert(1, ("corrected from", f"run {d['corrected_from']}: {d.get('labels_changed_from_run', '?')} "
                                              f"labels changed, {d.get('excluded', 0)} removed"))
