@@ -1,0 +1,66 @@
+"""Canaries against real human errors: does the report's recall at k, estimated on its canaries, match its true recall
+on the run's known label errors?
+
+    bash results/evidence_more.sh canary        # CIFAR-10N aggre + 1 % canaries (reference: the aggre run)
+    python results/canary_validation.py --run ev_c10n_aggre_can --base ev_c10n_aggre   -> results/canary_validation.csv
+
+For k in 100, 200, 500, 910, 2000: the share of canaries ranked above the k-th listed (non-canary) sample, with its
+Wilson 95 % interval, against the share of the human errors (not canaries) in the top k listed; and the cost of the
+canaries in test accuracy (the canary run against the base run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from utils.config import load_config  # noqa: E402
+from utils.io import markdown_table, write_table  # noqa: E402
+from utils.report.build import canary_recall, load_inputs  # noqa: E402
+from utils.report.ranking import DEFAULT_RULE, apply_rule, order  # noqa: E402
+from utils.runs import open_run  # noqa: E402
+
+KS = (100, 200, 500, 910, 2000)
+
+
+def test_acc(name: str) -> float:
+    return float(json.loads(Path(f"logs/{name}.jsonl").read_text().splitlines()[-1])["test_acc"])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", default="ev_c10n_aggre_can")
+    ap.add_argument("--base", default="ev_c10n_aggre")
+    ap.add_argument("--out", default=str(ROOT / "results/canary_validation"))
+    a = ap.parse_args()
+    run = open_run(load_config(None, [f"run={a.run}"]))
+    got = load_inputs(run, progress=False)
+    idx = np.asarray(got["curv"]["index"])
+    canary = run.record["is_canary"].numpy()[idx]
+    human = np.asarray(got["curv"]["is_noisy"], bool) & ~canary
+    value = apply_rule(got["scores"], DEFAULT_RULE)
+    listed = order(value)
+    listed = listed[~canary[listed]]
+    est = canary_recall(value[canary], value[listed], *KS)["recall"]
+    rows = []
+    for k in KS:
+        true = float(human[listed[:k]].sum() / human.sum())
+        r, lo, hi = est[k]
+        rows.append({"k": k, "canary_recall": r, "canary_lo": lo, "canary_hi": hi, "human_recall": true,
+                     "agrees": lo <= true <= hi, "canaries": int(canary.sum()), "human_errors": int(human.sum())})
+    meta = {"test_acc_with_canaries": test_acc(a.run), "test_acc_base": test_acc(a.base)}
+    paths = write_table(a.out, [{**r, **meta} for r in rows])
+    print(markdown_table(rows))
+    print(f"test accuracy with canaries {meta['test_acc_with_canaries']:.4f}, without {meta['test_acc_base']:.4f}")
+    print("written: " + ", ".join(str(p) for p in paths))
+
+
+if __name__ == "__main__":
+    main()
