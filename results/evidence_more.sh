@@ -9,7 +9,7 @@ step() { echo "== $(date +%T) $*"; "$@"; }
 init() {  # a run on 10k other CIFAR-10 training images (bash results/cifar10_other.sh), then fold models of the
   # aggre run fine-tuned from it (holdout.init), against fold models from scratch
   step $PY train_cifar10.py --config configs/cifar10_dev.yaml run=ev_c10_other data.root=data data.folder=cifar10-other \
-    noise.kind=none noise.rate=0
+    noise.kind=none noise.rate=0 train.stats=false
   step $PY holdout.py run=ev_c10n_aggre holdout.name=init holdout.init=ev_c10_other holdout.train.lr=0.01 holdout.train.epochs=6 \
     "holdout.train.milestones=[4]"
 }
@@ -23,7 +23,7 @@ cost_cifar() {  # holdout settings against cost (the default: 2 folds of the run
   done
 }
 cost_digits() {
-  for kind in symmetric asymmetric instance; do
+  for kind in ${COST_KINDS:-symmetric asymmetric instance}; do
     r=ev_digits_${kind}_s0
     step $PY holdout.py run=$r holdout.name=f2_half holdout.train.epochs=30
     step $PY holdout.py run=$r holdout.name=s4_half holdout.scheme=subsets holdout.models=4 holdout.train.epochs=30
@@ -47,7 +47,7 @@ canary() {  # CIFAR-10N aggre with 1 % canaries flipped to the class the aggre r
   step $PY score_cifar10_checkpoint.py run=ev_c10n_aggre_can score.every=6
 }
 fz() {  # Feldman-Zhang's 200-model ensemble on digits against the memorization score (holdout subsets, 8 models)
-  step $PY fz_memorization.py run=ev_digits_symmetric_s0
+  step $PY fz_memorization.py run=ev_digits_symmetric_s0 analysis.fz_models=${FZ_MODELS:-200}
   step $PY holdout.py run=ev_digits_symmetric_s0 holdout.name=s8 holdout.scheme=subsets holdout.models=8 holdout.fraction=0.7
 }
 "$@"
