@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 from utils.cli import report_error  # noqa: E402
 from utils.config import load_config  # noqa: E402
 from utils.errors import UserError  # noqa: E402
-from utils.io import markdown_table, write_table  # noqa: E402
+from utils.io import markdown_table, read_table, write_table  # noqa: E402
 from utils.metrics import bootstrap_precision_at_k, interval, precision_at_k  # noqa: E402
 from utils.report.build import load_inputs  # noqa: E402
 from utils.report.ranking import COMBINED, DEFAULT_RULE, SINGLE, apply_rule, evaluate_rules, members  # noqa: E402
@@ -116,25 +116,19 @@ def cost_rows(name: str, args: argparse.Namespace) -> list[dict]:
         sug, true = got["sug"], np.asarray(got["curv"]["true_label"])
         cl = got["scores"]["confident_learning"]
         boot = bootstrap_precision_at_k({"cl": cl}, target, args.boot, 0)["cl"]
-        models = [r for r in (d / "models.csv").read_text().splitlines()[1:]]
-        secs = sum(float(r.split(",")[-1]) for r in models)
+        models = read_table(d / "models.csv")
+        secs = sum(float(r["seconds"]) for r in models)
         out.append({"run": name, "variant": v or "default", "method": s["method"], "scheme": s["scheme"],
                     "models": s["models"], "epochs": epochs, "init": s["init"],
                     "nominal_cost": float((frac * epochs).sum() / run.cfg["train"]["epochs"]) if s["method"] == "recipe"
                     else np.nan, "seconds": secs, "run_seconds": run_seconds,
-                    "heldout_acc_true": float(np.mean(json_float(d / "models.csv", "heldout_acc_true"))),
+                    "heldout_acc_true": float(np.mean([r["heldout_acc_true"] for r in models])),
                     "p_at_k_cl": precision_at_k(cl, target), "p_at_k_cl_lo": interval(boot)[0],
                     "p_at_k_cl_hi": interval(boot)[1],
                     "p_at_k_default": precision_at_k(apply_rule(got["scores"], DEFAULT_RULE), target),
                     "suggestion_true_on_errors": float((sug.label[target] == true[target]).mean()),
                     "mean_n_out": float(ho.n_out.mean())})
     return out
-
-
-def json_float(path: Path, column: str) -> list[float]:
-    lines = path.read_text().splitlines()
-    col = lines[0].split(",").index(column)
-    return [float(x.split(",")[col]) for x in lines[1:]]
 
 
 def main() -> None:

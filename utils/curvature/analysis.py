@@ -32,7 +32,7 @@ from ..io import load_npz, write_table
 from ..metrics import auprc, auroc
 from ..runs import Run, open_run
 from ..scores.catalogue import score_label as label
-from ..scores.compute import learning_time  # noqa: F401 (re-exported)
+from ..scores.compute import curvature_scores, learning_time, positive_floor  # noqa: F401 (re-exported)
 from ..scores.compute import training_dynamics as baseline_scores
 from . import plots
 
@@ -43,29 +43,6 @@ TARGETS = {"mislabeled": "mislabeled (is_noisy)", "duplicate": "injected duplica
 
 
 # ----------------------------------------------------------------------------- scores
-def positive_floor(per_epoch: np.ndarray) -> float:
-    """The smallest positive per-epoch curvature (the geometric mean's floor for zeros); 1e-30 if none."""
-    pos = np.where(per_epoch > 0, per_epoch, np.inf).min(initial=np.inf)
-    return float(pos) if np.isfinite(pos) else 1e-30
-
-
-def curvature_scores(sc: dict[str, np.ndarray], floor: float | None = None) -> dict[str, np.ndarray]:
-    """Every per-sample curvature score (id -> (N,) float64) of a curvature.npz: the mean of tr(H^2) estimates
-    over epochs (the paper's definition), spike-robust aggregates (geometric mean, median), the official code's
-    form (mean unsquared ||Hv||, behind the published numbers up to the factor h/B) and the mean tr H.
-    `floor`: the geometric mean's floor (default: `positive_floor` of these samples; pass the whole file's when
-    scoring it in column chunks)."""
-    pe = np.asarray(sc["per_epoch"], np.float64)
-    floor = positive_floor(pe) if floor is None else floor
-    out = {MAIN: sc["curvature"].astype(np.float64), "curvature_geomean": np.exp(np.log(np.maximum(pe, floor)).mean(0)),
-           "curvature_median": np.median(pe, axis=0)}
-    if "hv_norm" in sc:
-        out["curvature_official"] = sc["hv_norm"].astype(np.float64)
-    if "trace" in sc:
-        out["trace"] = sc["trace"].astype(np.float64)
-    return out
-
-
 def confident_learning(labels: np.ndarray, probs: np.ndarray) -> dict[str, np.ndarray]:
     """cleanlab on (N,) labels and (N, K) probabilities: 'score' = 1 - self-confidence label quality (N,),
     'flagged' = find_label_issues (N,) bool. A one-line UserError when cleanlab is not installed."""

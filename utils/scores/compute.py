@@ -3,7 +3,7 @@
 Every function returns {score id: (N,) float64}, higher = more suspicious, for the samples given.
 - `training_dynamics`: the run's training statistics (E, N);
 - `holdout_scores`: out-of-sample probabilities (N, K) of the holdout stage and the run's p_in;
-- curvature aggregates: `utils.curvature.analysis.curvature_scores` (the curvature line owns its file).
+- `curvature_scores`: the aggregates of a curvature.npz (the scoring stage's file).
 """
 
 from __future__ import annotations
@@ -11,6 +11,29 @@ from __future__ import annotations
 import numpy as np
 
 from ..holdout.memorization import memorization, p_in
+
+
+def positive_floor(per_epoch: np.ndarray) -> float:
+    """The smallest positive per-epoch curvature (the geometric mean's floor for zeros); 1e-30 if none."""
+    pos = np.where(per_epoch > 0, per_epoch, np.inf).min(initial=np.inf)
+    return float(pos) if np.isfinite(pos) else 1e-30
+
+
+def curvature_scores(sc: dict[str, np.ndarray], floor: float | None = None) -> dict[str, np.ndarray]:
+    """Every per-sample curvature score (id -> (N,) float64) of a curvature.npz: the mean of tr(H^2) estimates
+    over epochs (the paper's definition), spike-robust aggregates (geometric mean, median), the official code's
+    form (mean unsquared ||Hv||, behind the published numbers up to the factor h/B) and the mean tr H.
+    `floor`: the geometric mean's floor (default: `positive_floor` of these samples; pass the whole file's when
+    scoring it in column chunks)."""
+    pe = np.asarray(sc["per_epoch"], np.float64)
+    floor = positive_floor(pe) if floor is None else floor
+    out = {"curvature": sc["curvature"].astype(np.float64), "curvature_geomean": np.exp(np.log(np.maximum(pe, floor)).mean(0)),
+           "curvature_median": np.median(pe, axis=0)}
+    if "hv_norm" in sc:
+        out["curvature_official"] = sc["hv_norm"].astype(np.float64)
+    if "trace" in sc:
+        out["trace"] = sc["trace"].astype(np.float64)
+    return out
 
 
 def learning_time(correct: np.ndarray, epochs: np.ndarray) -> np.ndarray:
@@ -82,8 +105,6 @@ def all_scores(stats: dict[str, np.ndarray], curv: dict[str, np.ndarray], cols: 
     curvature aggregates, training dynamics and, with `heldout` ({"probs": (N, K), "n_out": (N,)}: the holdout
     stage's mean probabilities), the out-of-sample scores; without, `confident_learning` = 1 - `given_prob` (N,) (the
     in-sample suggestion's). Computed `chunk` samples at a time, so (E, N) float64 temporaries stay small."""
-    from ..curvature.analysis import curvature_scores, positive_floor
-
     per_epoch = curv["per_epoch"]
     floor = positive_floor(per_epoch)
     parts = []
