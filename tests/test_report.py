@@ -299,3 +299,26 @@ def test_canary_recall_counts_canaries_above_the_kth_listed_sample():
     got = canary_recall(np.array([5.0, 3.0, 1.0]), np.array([6.0, 4.0, 2.0, 0.0]), 2, 3, 10)["recall"]
     assert [got[k][0] for k in (2, 3, 10)] == [1 / 3, 2 / 3, 1.0]
     assert got[2][1] < 1 / 3 < got[2][2]
+    est = canary_recall(np.array([5.0, 3.0, 1.0]), np.array([6.0, 4.0, 2.0, 0.0]), 2, 3, n_errors=3.0)
+    assert est["expected"][2][0] == pytest.approx(1.0) and est["expected"][3][0] == pytest.approx(2.0)
+    assert est["expected"][3][2] == pytest.approx(3.0 * est["recall"][3][2])  # the interval scales alike
+    assert est["expected"][2][2] == 2  # never more errors than samples in the top k
+    assert "expected real errors in the top 2: 1" in est["note"]
+
+
+def test_canaries_drawn_by_confusability_follow_the_power():
+    from utils.noise import canary_labels
+
+    n = 4000
+    true = np.arange(n) % 4
+    other = (true + 1) % 4
+    conf = np.where(np.arange(n) < n // 4, 0.8, 0.1)  # a quarter of the samples is 8x as confusable
+    hard = np.arange(n) < n // 4
+    for power, share in ((0.0, 0.25), (1.0, 8 / 11), (2.0, 64 / 67)):
+        _, can = canary_labels(true, true, other, 0.05, seed=1, confusability=conf, power=power)
+        assert can.sum() == 200 and abs(hard[can].mean() - share) < 0.08, (power, hard[can].mean())
+    _, a = canary_labels(true, true, other, 0.05, seed=1)
+    _, b = canary_labels(true, true, other, 0.05, seed=1, confusability=conf, power=0.0)
+    np.testing.assert_array_equal(a, b)  # power 0 is the uniform draw, bit for bit
+    with pytest.raises(UserError, match="canary_power"):
+        canary_labels(true, true, other, 0.05, seed=1, confusability=conf, power=-1.0)

@@ -66,6 +66,7 @@ DEFAULTS: dict[str, Any] = {
         # listed as suspects; the report measures its own recall on them (docs/report.md "Canaries")
         "canaries": 0.0,
         "canary_reference": "",  # a finished run on the same data (any labels, e.g. a first run on them)
+        "canary_power": 0.0,  # draw canaries with probability ~ the reference's confusability ** this (0: uniform)
     },
     "model": {
         # a registered name (utils.models.MODELS), timm:<name> (timm's zoo, never pretrained) or <module>:<callable>
@@ -366,7 +367,7 @@ _ADDED_LATER = {"data.on_device": False, "train.optimizer": "sgd", "data.folds":
                 "train.dtype": "float32", "data.fold_scheme": "folds", "data.fold_fraction": 0.5, "data.labels": "",
                 "data.labels_column": "label", "data.labels_key": "auto", "data.exclude": "", "train.init": "",
                 "train.init_identity": "", "noise.canaries": 0.0, "noise.canary_reference": "",
-                "data.labels_identity": "", "data.exclude_identity": ""}
+                "noise.canary_power": 0.0, "data.labels_identity": "", "data.exclude_identity": ""}
 
 
 def identity_items(cfg: dict[str, Any]) -> dict[str, Any]:

@@ -19,9 +19,8 @@ from torch.utils.data import Dataset
 
 from .errors import UserError
 from .faults import fault_point
-from .folds import holdout, restrict
-from .labels import apply_labels, exclude_positions
-from .noise import CANARY_RULE, INSTANCE_RULE, canary_labels, canary_reference, corrupt_labels, instance_noise, pick_duplicates
+from .label_steps import training_labels
+from .noise import INSTANCE_RULE
 
 CIFAR_MEAN = {"cifar10": (0.4914, 0.4822, 0.4465), "cifar100": (0.5071, 0.4865, 0.4409)}
 CIFAR_STD = {"cifar10": (0.2470, 0.2435, 0.2616), "cifar100": (0.2673, 0.2564, 0.2762)}
@@ -303,47 +302,11 @@ def build_data(cfg: dict[str, Any], recorded_labels: np.ndarray | None = None) -
     ytr, yte = np.asarray(ytr, np.int64), np.asarray(yte, np.int64)
     k = len(classes)
 
-    if nz["kind"] == "instance":
-        given = instance_noise(cfg, ytr, recorded_labels)
-    else:
-        given = corrupt_labels(ytr, k, nz["kind"], nz["rate"], nz["seed"], classes)
     folder_data = name in ("imagefolder", "imagenet")
     base = folder_dir(cfg) if folder_data else None
     files = [os.path.relpath(p, base).replace(os.sep, "/") for p in ptr] if folder_data else None
-    file_meta: dict[str, Any] = {}
-    if d["labels"]:  # labels from a CSV (utils/labels.py): CIFAR-10N, a report's exported decisions
-        given, file_meta = apply_labels(cfg, given, list(classes), files, cfg["paths"]["pretrained"])
-    n = len(ytr)
-    canary = np.zeros(n, bool)
-    if nz["canaries"] > 0:
-        other, ident = canary_reference(cfg["paths"]["pretrained"], nz["canary_reference"], n)
-        given, canary = canary_labels(given, ytr, other, nz["canaries"], nz["seed"])
-        file_meta.update(canaries=int(canary.sum()), canary_reference=nz["canary_reference"],
-                         canary_reference_identity=ident, canary_rule=CANARY_RULE)
-    source = np.arange(n)
-    true, dup, dup_of = ytr, np.zeros(n, bool), np.full(n, -1, np.int64)
-    if nz["duplicates"] > 0:
-        src, lab = pick_duplicates(ytr, given, k, nz["duplicates"], nz["seed"])
-        source = np.concatenate([source, src])
-        given = np.concatenate([given, lab])
-        true = np.concatenate([ytr, ytr[src]])
-        dup = np.concatenate([dup, np.ones(len(src), bool)])
-        dup_of = np.concatenate([dup_of, src])
-        canary = np.concatenate([canary, np.zeros(len(src), bool)])
-
-    if d["exclude"]:  # samples a decisions file removes (before any fold split)
-        drop, meta = exclude_positions(cfg, len(given), files)
-        file_meta.update(meta)
-        arrays = {"source": source, "given": given, "true": true, "dup": dup, "dup_of": dup_of, "canary": canary}
-        restrict(arrays, np.setdiff1d(np.arange(len(given)), drop))
-        source, given, true, dup, dup_of, canary = (arrays[a] for a in ("source", "given", "true", "dup", "dup_of",
-                                                                        "canary"))
-    keep = None
-    if d["folds"]:
-        arrays = {"source": source, "given": given, "true": true, "dup": dup, "dup_of": dup_of, "canary": canary}
-        keep = holdout(arrays, d)
-        source, given, true, dup, dup_of, canary = (arrays[a] for a in ("source", "given", "true", "dup", "dup_of",
-                                                                        "canary"))
+    a, file_meta, keep = training_labels(cfg, ytr, list(classes), files, recorded_labels)
+    source, given, true, dup, dup_of, canary = (a[n] for n in ("source", "given", "true", "dup", "dup_of", "canary"))
     augment = d["augment"] and name != "digits"
     train = IndexedDataset(xtr, source, given, true, mk(augment), dup, dup_of)
     train_eval = train.with_transform(mk(False))

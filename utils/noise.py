@@ -219,31 +219,40 @@ def instance_noise(cfg: dict[str, Any], ytr: np.ndarray, recorded: np.ndarray | 
 
 
 # ----------------------------------------------------------------------------- canaries
-CANARY_RULE = ("canaries: round(rate*N) samples drawn at random (seed noise.seed, stream 2) among those whose label is "
-               "the data set's own and whose reference confused-with class differs, get that class (the flip a person "
-               "confusing the two would make)")
+CANARY_RULE = ("canaries: round(rate*N) samples drawn at random without replacement (seed noise.seed, stream 2), with "
+               "probability proportional to the reference's confusability ** noise.canary_power (0: uniform), among "
+               "those whose label is the data set's own and whose reference confused-with class differs, get that class "
+               "(the flip a person confusing the two would make)")
 
 
-def canary_labels(given: np.ndarray, true: np.ndarray, confused_with: np.ndarray, rate: float,
-                  seed: int) -> tuple[np.ndarray, np.ndarray]:
+def canary_labels(given: np.ndarray, true: np.ndarray, confused_with: np.ndarray, rate: float, seed: int,
+                  confusability: np.ndarray | None = None, power: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """(given labels (N,) with the canaries flipped, is_canary (N,) bool): exactly round(rate*N) samples, drawn at
-    random among those with given == true and confused_with != given, get confused_with."""
+    random without replacement among those with given == true and confused_with != given, with probability
+    proportional to confusability ** power (N,) (power 0 or no confusability: uniform), get confused_with."""
     given, true, other = (np.asarray(a, np.int64) for a in (given, true, confused_with))
     if not 0.0 <= rate < 1.0:
         raise UserError(f"noise.canaries={rate} must be in [0, 1)")
+    if power < 0:
+        raise UserError(f"noise.canary_power={power} must be >= 0 (0: uniform draw)")
     count = int(round(rate * len(given)))
     movable = np.flatnonzero((given == true) & (other != given))
     if count > len(movable):
         raise UserError(f"noise.canaries={rate} asks for {count} canaries but only {len(movable)} samples can carry one")
-    pick = np.sort(np.random.default_rng([seed, 2]).permutation(movable)[:count])
+    rng = np.random.default_rng([seed, 2])
+    if power == 0 or confusability is None:
+        pick = np.sort(rng.permutation(movable)[:count])
+    else:  # tiny floor: a sample the reference never confused keeps a (tiny) chance, and the draw stays defined
+        w = np.maximum(np.asarray(confusability, np.float64)[movable], 1e-12) ** power
+        pick = np.sort(rng.choice(movable, size=count, replace=False, p=w / w.sum()))
     out, canary = given.copy(), np.zeros(len(given), bool)
     out[pick], canary[pick] = other[pick], True
     return out, canary
 
 
-def canary_reference(pretrained: str | Path, name: str, n: int) -> tuple[np.ndarray, str]:
-    """(confused-with class (N,), identity) from any finished run of the same N samples (e.g. the user's first run on
-    these labels): its per-epoch `other` / `other_prob` statistics, as `reference_confusion`."""
+def canary_reference(pretrained: str | Path, name: str, n: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """(confusability (N,), confused-with class (N,), identity) from any finished run of the same N samples (e.g. the
+    user's first run on these labels): its per-epoch `other` / `other_prob` statistics, as `reference_confusion`."""
     how = f"train a run on this data first and pass noise.canary_reference=<run> (now {name!r})"
     rdir = Path(pretrained) / name
     if not name or not (rdir / "run.json").is_file() or not (rdir / "train_stats.npz").is_file():
@@ -251,4 +260,4 @@ def canary_reference(pretrained: str | Path, name: str, n: int) -> tuple[np.ndar
     z = load_npz(rdir / "train_stats.npz", how, keys=("other", "other_prob", "given_label"), require=("epochs",))
     if "other" not in z or len(z["other"][0]) != n:
         raise UserError(f"canary reference run {name!r} has no other/other_prob statistics for these {n} samples; {how}")
-    return reference_confusion(z["other"], z["other_prob"])[1], str(json.loads((rdir / "run.json").read_text())["identity"])
+    return (*reference_confusion(z["other"], z["other_prob"]), str(json.loads((rdir / "run.json").read_text())["identity"]))

@@ -186,7 +186,8 @@ def make_report(cfg: dict[str, Any], progress: bool = True, html: bool = True) -
     if canary.any():  # canaries are never listed: the report measures its own recall on them
         hidden = canary[_pos(curv, table["index"])]
         cans = canary_recall(value[canary], table["report_score"][~hidden], r["top"],
-                             int((table["category"][~hidden] == CATEGORY_NAMES[1]).sum()))
+                             int((table["category"][~hidden] == CATEGORY_NAMES[1]).sum()),
+                             n_errors=estimated_errors(scores, got["held"], canary))
         table = {k: (np.arange(1, int((~hidden).sum()) + 1) if k == "rank" else v[~hidden]) for k, v in table.items()}
         notes.append(cans["note"])
     paths = [_write_csv(out / "suspects.csv", table)]
@@ -220,21 +221,39 @@ def _canaries(run: Run, curv: dict[str, np.ndarray]) -> np.ndarray:
     return run.record["is_canary"].numpy()[np.asarray(curv["index"])]
 
 
-def canary_recall(canary_values: np.ndarray, listed_values: np.ndarray, *ks: int) -> dict[str, Any]:
+def estimated_errors(scores: dict[str, np.ndarray], held: Any, canary: np.ndarray) -> float | None:
+    """The number of label errors among the non-canary samples (canary (N,) bool) by Confident Learning on the
+    held-out probabilities (cleanlab's find_label_issues count); None without held-out evidence."""
+    if held is None or "confident_learning_flag" not in scores:
+        return None
+    return float(np.nansum(scores["confident_learning_flag"][~canary]))
+
+
+def canary_recall(canary_values: np.ndarray, listed_values: np.ndarray, *ks: int,
+                  n_errors: float | None = None) -> dict[str, Any]:
     """The report's recall at k estimated on its canaries: the share of canaries (values (C,)) that rank above the
-    k-th listed sample (listed_values (N,), sorted from the top), with the Wilson 95 % interval of C draws, per k."""
+    k-th listed sample (listed_values (N,), sorted from the top), with the Wilson 95 % interval of C draws, per k.
+    With `n_errors` (an estimate of the real label errors among the listed samples), also the expected real errors in
+    the top k: recall at k x n_errors, the interval scaled alike (n_errors' own uncertainty not included)."""
     from ..holdout.memorization import wilson
 
     c = len(canary_values)
-    rows = {}
+    rows, expected = {}, {}
     for k in sorted({int(k) for k in ks if k > 0}):
         cut = listed_values[min(k, len(listed_values)) - 1]
         found = int((canary_values >= cut).sum())
         lo, hi = wilson(np.array([found / c]), np.array([c]))
         rows[k] = (found / c, float(lo[0]), float(hi[0]))
+        if n_errors is not None:
+            expected[k] = tuple(min(v * n_errors, k) for v in rows[k])
     text = "; ".join(f"recall at {k}: {v[0]:.2f} [{v[1]:.2f}, {v[2]:.2f}]" for k, v in rows.items())
-    return {"recall": rows, "note": f"canaries: {c} hidden label flips (noise.canaries), never listed; estimated {text} "
-                                    "(the share of canaries ranked above the k-th listed sample, Wilson 95 %)"}
+    note = (f"canaries: {c} hidden label flips (noise.canaries), never listed; estimated {text} (the share of canaries "
+            "ranked above the k-th listed sample, Wilson 95 %)")
+    if n_errors is not None:
+        note += (f"; of about {n_errors:.0f} label errors among the listed samples (Confident Learning's count on the "
+                 "held-out probabilities), expected real errors in the top " +
+                 "; ".join(f"{k}: {v[0]:.0f} [{v[1]:.0f}, {v[2]:.0f}]" for k, v in expected.items()))
+    return {"recall": rows, "expected": expected, "n_errors": n_errors, "note": note}
 
 
 def _pos(curv: dict[str, np.ndarray], index: Any) -> np.ndarray:

@@ -12,7 +12,6 @@ sorts by any column and filters by class and category, the gallery follows it, a
 from __future__ import annotations
 
 import base64
-import html
 import io
 import json
 import math
@@ -25,6 +24,7 @@ import numpy as np
 
 from ..io import write_text
 from .page_assets import CSS, JS
+from .sparkline import _e, _is_missing
 from .sparkline import spark as _spark
 from .sparkline import sparkline as _sparkline
 from .sparkline import sprite as _sprite
@@ -122,14 +122,6 @@ def write_report_html(path: Path, *, title: str, summary: list[tuple[str, str]],
 
 
 # ----------------------------------------------------------------------------- values
-def _e(v: object) -> str:
-    return html.escape(str(v), quote=True)
-
-
-def _is_missing(v: object) -> bool:
-    return v is None or (isinstance(v, str) and v == "") or (isinstance(v, (float, np.floating)) and math.isnan(v))
-
-
 def _is_number(v: object) -> bool:
     return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
 
