@@ -22,8 +22,10 @@ demo: setup
 	$(BIN)/python analyze_curvature.py run=$(DEMO_RUN)
 	$(BIN)/python memorization_report.py run=$(DEMO_RUN)
 
+# Two pytest-xdist workers (one thread each); a file's tests stay on one worker (its module fixtures are built once).
+TEST_WORKERS ?= 2
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 lint: setup
 	$(BIN)/ruff check .

@@ -8,8 +8,9 @@ differs, with probability proportional to confusability ** power (the reference'
 power 0 = uniform). On that same population, a single annotator (random1, worse) made real mistakes. For each power
 the table gives the Kolmogorov-Smirnov distance between the confusability of those real mistakes and the weighted
 draw's, and their mean confusability; the smallest distance wins (a margin under the 95 % critical value of the
-two-sample test is a tie, and the tie goes to the smaller power: the simpler draw). Also the share of the
-annotator's wrong labels that are the reference's confused-with class (how the flip's target compares).
+two-sample test is a tie, and the tie goes to the smaller power: the simpler draw). Also where the annotator's wrong
+label lies in the reference's confusion: the share that is the confused-with class (a canary's target), and the
+share among the classes the reference confused the sample with at any epoch (its `other` votes).
 """
 
 from __future__ import annotations
@@ -67,11 +68,15 @@ def main() -> None:
         m = int(human.sum())
         crit = 1.358 * np.sqrt(1 / m + 1 / movable.sum())  # two-sample KS, 95 %
         target = float((col[c][human] == confused_with[human]).mean())
+        voted = np.zeros((len(true), len(classes)), bool)
+        voted[np.arange(len(true))[None, :].repeat(len(z["other"]), 0), np.asarray(z["other"])] = True
+        in_vote = float(voted[np.flatnonzero(human), col[c][human]].mean())
         for p in POWERS:
             w = conf[movable] ** p
             out.append({"column": c, "power": p, "human_flips": m, "ks": weighted_ks(conf[human], conf[movable], w),
                         "ks_crit95": float(crit), "mean_conf_human": float(conf[human].mean()),
-                        "mean_conf_draw": float((w * conf[movable]).sum() / w.sum()), "target_is_confused_with": target})
+                        "mean_conf_draw": float((w * conf[movable]).sum() / w.sum()), "target_is_confused_with": target,
+                        "target_in_votes": in_vote})
     mean_ks = {p: float(np.mean([r["ks"] for r in out if r["power"] == p])) for p in POWERS}
     best = min(mean_ks, key=mean_ks.get)
     crit = max(r["ks_crit95"] for r in out)

@@ -2,7 +2,8 @@
 # The user's loop on MNIST (a 10k stratified subset, the CPU config) with 10 % instance-dependent noise, per seed:
 # a clean reference, the noisy run (online scoring) and its holdout stage and report; the fix table's arms (the
 # report's top 200 accepted blindly / removed, 200 random relabels, the oracle); a run with 1 % canaries (reference:
-# the noisy run, as a user's first run) and its canary validation.
+# the noisy run, as a user's first run) and its canary validation (CANARY_HOLDOUT=1: with the canary run's holdout
+# stage, for the expected real errors).
 #   bash results/mnist_loop.sh [seeds...]     (then: python results/fix_table.py; DATA_ROOT=../shared/data)
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
@@ -28,5 +29,6 @@ for s in ${*:-0 1 2}; do
     train.seed=$s noise.canaries=0.01 noise.canary_reference=$r noise.canary_power=${CANARY_POWER:-0} \
     score.online=true score.every=8
   step $PY score_mnist_checkpoint.py run=ev_mnist_can_s$s score.every=8
+  [ -n "${CANARY_HOLDOUT:-}" ] && step $PY holdout.py run=ev_mnist_can_s$s
   step $PY results/canary_validation.py --run ev_mnist_can_s$s --base $r --out results/canary_validation_mnist_s$s
 done

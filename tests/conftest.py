@@ -13,7 +13,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# under pytest-xdist (`make test`: two workers on the two cores) each worker computes on one thread
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads()))
 
 from utils.config import load_config  # noqa: E402
 

@@ -182,7 +182,7 @@ def make_report(cfg: dict[str, Any], progress: bool = True, html: bool = True) -
     sources = _sources(run, curv)
     classes = list(run.record["classes"])
     table = suspect_table(stats, curv, cols, sug, scores, rule, classes, sources, pairs, r)
-    canary = _canaries(run, curv)
+    canary, cans = _canaries(run, curv), None
     if canary.any():  # canaries are never listed: the report measures its own recall on them
         hidden = canary[_pos(curv, table["index"])]
         cans = canary_recall(value[canary], table["report_score"][~hidden], r["top"],
@@ -209,7 +209,8 @@ def make_report(cfg: dict[str, Any], progress: bool = True, html: bool = True) -
     figs = _figures(run, out, table, stats, cols, curv, pairs, sources, top)
     paths += list(figs.values())
     if html:
-        paths.append(_html(run, out, table, head, rule, counts, notes, pairs, sources, figs, stats, curv, cols, sug))
+        paths.append(_html(run, out, table, head, rule, counts, notes, pairs, sources, figs, stats, curv, cols, sug,
+                           cans))
     return {"table": table, "notes": notes, "counts": counts, "pairs": pairs, "evaluation": evaluation,
             "paths": paths, "out_dir": out, "seconds": time.time() - t0, "rule": rule}
 
@@ -287,7 +288,7 @@ def _figures(run: Run, out: Path, table: dict[str, np.ndarray], stats: dict[str,
 def _html(run: Run, out: Path, table: dict[str, np.ndarray], head: list[dict[str, Any]], rule: str,
           counts: dict[str, int], notes: list[str], pairs: list[dict[str, Any]], sources: np.ndarray,
           figs: dict[str, Path], stats: dict[str, np.ndarray], curv: dict[str, np.ndarray], cols: np.ndarray,
-          sug: Suggestion) -> Path:
+          sug: Suggestion, cans: dict[str, Any] | None = None) -> Path:
     """report.html: the top rows with thumbnails and histories, the pairs, the figures (utils/report/html.py)."""
     from .html import thumbnail_uri, write_report_html
 
@@ -313,6 +314,11 @@ def _html(run: Run, out: Path, table: dict[str, np.ndarray], head: list[dict[str
     if "corrected_from" in d:
         summary.insert(1, ("corrected from", f"run {d['corrected_from']}: {d.get('labels_changed_from_run', '?')} "
                                              f"labels changed, {d.get('excluded', 0)} removed"))
+    if cans:  # the report's recall on this run, measured on its canaries (canary_recall)
+        summary.append(("recall (canaries)", "; ".join(
+            f"top {k}: {v[0]:.2f} [{v[1]:.2f}, {v[2]:.2f}]" + (
+                f", about {cans['expected'][k][0]:.0f} [{cans['expected'][k][1]:.0f}, {cans['expected'][k][2]:.0f}] "
+                "real errors" if k in cans["expected"] else "") for k, v in cans["recall"].items())))
     columns = list(table)
     banner = "" if sug.out_of_sample else (
         "Suggestions and categories are in-sample: they come from a checkpoint trained on the very labels they judge, "
