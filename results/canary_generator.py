@@ -10,7 +10,9 @@ the table gives the Kolmogorov-Smirnov distance between the confusability of tho
 draw's, and their mean confusability; the smallest distance wins (a margin under the 95 % critical value of the
 two-sample test is a tie, and the tie goes to the smaller power: the simpler draw). Also where the annotator's wrong
 label lies in the reference's confusion: the share that is the confused-with class (a canary's target), and the
-share among the classes the reference confused the sample with at any epoch (its `other` votes).
+share among the classes the reference confused the sample with at any epoch (its `other` votes). From the first,
+`noise.canary_confused` = q matching it by moments: q + (1 - q) / (K - 1) = the mean share over the two columns (a
+canary goes to the confused-with class with probability q, else to a uniformly random other class).
 """
 
 from __future__ import annotations
@@ -85,6 +87,10 @@ def main() -> None:
     print(markdown_table(out))
     print("mean KS by power: " + ", ".join(f"{p:g}: {v:.3f}" for p, v in mean_ks.items()))
     print(f"smallest: power {best:g}; within {crit:.3f} of it, the smallest power: {chosen:g}")
+    share = float(np.mean([r["target_is_confused_with"] for r in out if r["power"] == 0]))
+    k = len(classes)
+    q = (share - 1 / (k - 1)) / (1 - 1 / (k - 1))
+    print(f"wrong label = the confused-with class for {share:.3f} of the mistakes -> noise.canary_confused = {q:.2f}")
     print("written: " + ", ".join(str(p) for p in paths))
 
 

@@ -49,7 +49,7 @@ def main() -> None:
     listed = listed[~canary[listed]]
     e = int(human.sum())
     ks = sorted({100, 200, 500, e, 2 * e})
-    got_est = canary_recall(value[canary], value[listed], *ks, n_errors=estimated_errors(got["scores"], got["held"], canary))
+    got_est = canary_recall(value[canary], value[listed], *ks, n_errors=estimated_errors(run, got["curv"], got["held"], canary))
     rows = []
     for k in ks:
         true = float(human[listed[:k]].sum() / e)
@@ -59,7 +59,8 @@ def main() -> None:
         if got_est["expected"]:
             x, xlo, xhi = got_est["expected"][k]
             row.update(expected_errors=x, expected_lo=xlo, expected_hi=xhi, true_errors=int(human[listed[:k]].sum()),
-                       estimated_total=got_est["n_errors"])
+                       estimated_total=got_est["n_errors"][0], estimated_lo=got_est["n_errors"][1],
+                       estimated_hi=got_est["n_errors"][2])
         rows.append(row)
     meta = {"test_acc_with_canaries": test_acc(a.run), "test_acc_base": test_acc(a.base)}
     paths = write_table(a.out, [{**r, **meta} for r in rows])

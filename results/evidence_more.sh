@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # More runs behind the out-of-sample evidence, on the runs of results/evidence_runs.sh: a run on other CIFAR-10 data
 # and fold models fine-tuned from it (init), holdout settings against cost (cost), Feldman-Zhang on digits (fz).
-#   bash results/evidence_more.sh init|cost_cifar|cost_digits|fix|canary [power] [holdout]|canary_cost|fz   (from the repository root; DATA_ROOT=../shared/data)
+#   bash results/evidence_more.sh init|cost_cifar|cost_digits|fix|canary <tag> [holdout]|canary_cost|fz   (from the repository root; DATA_ROOT=../shared/data)
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
 export DATA_ROOT=${DATA_ROOT:-../shared/data} OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
@@ -40,21 +40,22 @@ fix() {  # retrain CIFAR-10N aggre on its report's decisions (results/fix_arms.p
       data.labels=results/fix/$arm.csv $ex train.stats=false
   done
 }
-canary() {  # CIFAR-10N aggre with 1 % canaries flipped to the class the aggre run confuses them with, drawn with
-  # probability ~ confusability ** $1 (noise.canary_power; results/canary_generator.py chooses it); $2=holdout: also
-  # the holdout stage (the report's expected real errors need it); then results/canary_validation.py
-  local p=${1:-0} r=ev_c10n_aggre_can_p${1:-0}
+canary() {  # CIFAR-10N aggre with 1 % canaries (reference: the aggre run) at the defaults plus $CANARY_ARGS, as run
+  # ev_c10n_aggre_can_$1; $2=holdout: also its holdout stage (the report's expected real errors need it); then
+  # results/canary_validation.py. The two runs of RESULTS.md: `canary p0 holdout` with
+  # CANARY_ARGS="noise.canary_power=0 noise.canary_confused=1.0" (every canary to the confused-with class), and
+  # `canary q19 holdout` (the defaults: results/canary_generator.py chose them)
+  local r=ev_c10n_aggre_can_$1
   step $PY train_cifar10.py --config configs/cifar10_dev.yaml run=$r noise.kind=none noise.rate=0 \
     data.labels=$N10 data.labels_column=aggre noise.canaries=${CANARY_RATE:-0.01} noise.canary_reference=ev_c10n_aggre \
-    noise.canary_power=$p score.online=true score.every=6
+    ${CANARY_ARGS:-} score.online=true score.every=6
   step $PY score_cifar10_checkpoint.py run=$r score.every=6
   [ "${2:-}" = holdout ] && step $PY holdout.py run=$r
-  step $PY results/canary_validation.py --run $r --base ev_c10n_aggre --out results/canary_validation_c10n_p$p
+  step $PY results/canary_validation.py --run $r --base ev_c10n_aggre --out results/canary_validation_c10n_$1
 }
 canary_cost() {  # test accuracy at 0.5 % canaries (train only)
   step $PY train_cifar10.py --config configs/cifar10_dev.yaml run=ev_c10n_aggre_can05 noise.kind=none noise.rate=0 \
-    data.labels=$N10 data.labels_column=aggre noise.canaries=0.005 noise.canary_reference=ev_c10n_aggre \
-    noise.canary_power=${1:-0} train.stats=false
+    data.labels=$N10 data.labels_column=aggre noise.canaries=0.005 noise.canary_reference=ev_c10n_aggre train.stats=false
 }
 fz() {  # Feldman-Zhang's 200-model ensemble on digits against the memorization score (holdout subsets, 8 models)
   step $PY fz_memorization.py run=ev_digits_symmetric_s0 analysis.fz_models=${FZ_MODELS:-200}

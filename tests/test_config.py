@@ -76,3 +76,19 @@ def test_default_run_name_and_identity():
 def test_every_config_file_loads():
     for p in sorted((ROOT / "configs").rglob("*.yaml")):
         load_config(p)
+
+
+def test_a_run_recorded_before_a_key_existed_gets_the_value_it_was_trained_with():
+    """noise.canary_confused came with a new default (0.19); a canary run recorded before it flipped every canary to
+    the confused-with class (1.0), and a later stage must rebuild exactly those labels, under the same identity."""
+    from utils.config import ADDED_LATER, DEFAULTS, flatten
+    from utils.runs import merge_run_config
+
+    new = load_config(None, ["run=r", "noise.canaries=0.01"])
+    old = {s: dict(new[s]) for s in ("data", "noise", "model", "train")}
+    del old["noise"]["canary_confused"]
+    merged = merge_run_config(old, load_config(None, ["run=r"]), "r")
+    assert DEFAULTS["noise"]["canary_confused"] != 1.0 and merged["noise"]["canary_confused"] == 1.0
+    assert identity_hash(merged) == identity_hash({**new, "noise": {**new["noise"], "canary_confused": 1.0}})
+    assert identity_hash(new) != identity_hash(merged)
+    assert set(ADDED_LATER) <= set(flatten(DEFAULTS)) | {"model.kwargs"}

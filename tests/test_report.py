@@ -287,7 +287,8 @@ def test_canaries_are_recorded_hidden_from_the_list_and_measure_recall(tmp_path)
     can = rec["is_canary"].numpy()
     assert can.sum() == 15 and rec["canaries"] == 15 and rec["is_noisy"].numpy()[can].all()
     res = make_report(cfg, progress=False, html=True)
-    assert "<dt>recall (canaries)</dt><dd>top 200: " in (res["out_dir"] / "report.html").read_text()
+    page = (res["out_dir"] / "report.html").read_text()
+    assert "<dt>recall (canaries)</dt><dd>top " in page and "top 200: " in page
     assert len(res["table"]["rank"]) == 285 and not np.isin(res["table"]["index"], np.flatnonzero(can)).any()
     assert list(res["table"]["rank"]) == list(range(1, 286))
     note = next(n for n in res["notes"] if n.startswith("canaries: 15 hidden"))
@@ -300,11 +301,32 @@ def test_canary_recall_counts_canaries_above_the_kth_listed_sample():
     got = canary_recall(np.array([5.0, 3.0, 1.0]), np.array([6.0, 4.0, 2.0, 0.0]), 2, 3, 10)["recall"]
     assert [got[k][0] for k in (2, 3, 10)] == [1 / 3, 2 / 3, 1.0]
     assert got[2][1] < 1 / 3 < got[2][2]
-    est = canary_recall(np.array([5.0, 3.0, 1.0]), np.array([6.0, 4.0, 2.0, 0.0]), 2, 3, n_errors=3.0)
+    est = canary_recall(np.array([5.0, 3.0, 1.0]), np.array([6.0, 4.0, 2.0, 0.0]), 2, 3, n_errors=(3.0, 2.0, 4.0))
     assert est["expected"][2][0] == pytest.approx(1.0) and est["expected"][3][0] == pytest.approx(2.0)
-    assert est["expected"][3][2] == pytest.approx(3.0 * est["recall"][3][2])  # the interval scales alike
+    assert est["expected"][3][1] == pytest.approx(2.0 * est["recall"][3][1])  # lower bound x lower bound
     assert est["expected"][2][2] == 2  # never more errors than samples in the top k
     assert "expected real errors in the top 2: 1" in est["note"]
+
+
+def test_estimated_errors_is_rogan_gladen_on_a_hand_built_case():
+    """1,000 listed samples, 100 of them errors; held-out models flag 80 % of errors (as of 50 canaries) and 10 % of
+    the correct labels (test accuracy 0.9): AP = (80 + 90) / 1000, E = 1000 (0.17 - 0.1) / (0.8 - 0.1) = 100."""
+    from types import SimpleNamespace
+
+    from utils.report.build import estimated_errors
+
+    n, c = 1000, 50
+    given = np.zeros(n + c, np.int64)
+    flagged = np.r_[np.arange(80), 100 + np.arange(90), n + np.arange(40)]  # errors, correct labels, canaries
+    probs = np.tile([0.8, 0.1, 0.1], (n + c, 1))
+    probs[flagged] = [0.1, 0.8, 0.1]
+    canary = np.arange(n + c) >= n
+    held = {"probs": probs, "n_out": np.ones(n + c, np.int64), "holdout": SimpleNamespace(test_accuracy=[0.88, 0.92])}
+    run = SimpleNamespace(data=SimpleNamespace(test=range(10_000)))
+    e, lo, hi = estimated_errors(run, {"given_label": given}, held, canary)
+    assert e == pytest.approx(100.0) and lo < 100 < hi and hi - lo < 100
+    assert estimated_errors(run, {"given_label": given}, None, canary) is None
+    assert estimated_errors(run, {"given_label": given}, held, np.zeros(n + c, bool)) is None
 
 
 def test_canaries_drawn_by_confusability_follow_the_power():
@@ -323,3 +345,10 @@ def test_canaries_drawn_by_confusability_follow_the_power():
     np.testing.assert_array_equal(a, b)  # power 0 is the uniform draw, bit for bit
     with pytest.raises(UserError, match="canary_power"):
         canary_labels(true, true, other, 0.05, seed=1, confusability=conf, power=-1.0)
+    # the target: the confused-with class with probability q, else a uniformly random other class; same samples
+    out, c2 = canary_labels(true, true, other, 0.5, seed=1, confused_share=0.25, num_classes=4)
+    _, c1 = canary_labels(true, true, other, 0.5, seed=1)
+    np.testing.assert_array_equal(c1, c2)
+    assert (out[c2] != true[c2]).all() and abs((out[c2] == other[c2]).mean() - (0.25 + 0.75 / 3)) < 0.04
+    with pytest.raises(UserError, match="canary_confused"):
+        canary_labels(true, true, other, 0.05, seed=1, confused_share=1.5)

@@ -67,6 +67,7 @@ DEFAULTS: dict[str, Any] = {
         "canaries": 0.0,
         "canary_reference": "",  # a finished run on the same data (any labels, e.g. a first run on them)
         "canary_power": 0.0,  # draw canaries with probability ~ the reference's confusability ** this (0: uniform)
+        "canary_confused": 0.19,  # share of canaries flipped to the confused-with class (else a random other class)
     },
     "model": {
         # a registered name (utils.models.MODELS), timm:<name> (timm's zoo, never pretrained) or <module>:<callable>
@@ -361,13 +362,14 @@ _RESUME_FREE = ("run", "resume", "paths.", "dist.", "data.root", "data.folder", 
                 "spectrum.", "esm.", "holdout.")
 
 
-# Run-defining keys added after runs were recorded: left out of the identity while at this default.
-_ADDED_LATER = {"data.on_device": False, "train.optimizer": "sgd", "data.folds": 0, "data.holdout_fold": 0,
+# Run-defining keys added after runs were recorded, with the value those runs had: left out of the identity while at
+# it, and given to a recorded run whose config lacks the key (`utils.runs.merge_run_config`).
+ADDED_LATER = {"data.on_device": False, "train.optimizer": "sgd", "data.folds": 0, "data.holdout_fold": 0,
                 "data.fold_seed": 0, "noise.reference": "", "noise.reference_identity": "", "model.kwargs": {},
                 "train.dtype": "float32", "data.fold_scheme": "folds", "data.fold_fraction": 0.5, "data.labels": "",
                 "data.labels_column": "label", "data.labels_key": "auto", "data.exclude": "", "train.init": "",
                 "train.init_identity": "", "noise.canaries": 0.0, "noise.canary_reference": "",
-                "noise.canary_power": 0.0, "data.labels_identity": "", "data.exclude_identity": ""}
+                "noise.canary_power": 0.0, "noise.canary_confused": 1.0, "data.labels_identity": "", "data.exclude_identity": ""}
 
 
 def identity_items(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -376,7 +378,7 @@ def identity_items(cfg: dict[str, Any]) -> dict[str, Any]:
     if not flat.get("model.etd_p_mem", 0.0):  # runs without example-tied dropout keep their pre-ETD identity
         for k in ("model.etd_p_gen", "model.etd_p_mem", "model.etd_seed", "model.etd_layers"):
             flat.pop(k, None)
-    for k, default in _ADDED_LATER.items():  # at its default, a key added later leaves older runs' identity as it was
+    for k, default in ADDED_LATER.items():  # at its default, a key added later leaves older runs' identity as it was
         if flat.get(k, default) == default:
             flat.pop(k, None)
     return flat

@@ -33,9 +33,11 @@ def training_labels(cfg: dict[str, Any], ytr: np.ndarray, classes: list[str], fi
     canary = np.zeros(n, bool)
     if nz["canaries"] > 0:
         conf, other, ident = canary_reference(cfg["paths"]["pretrained"], nz["canary_reference"], n)
-        given, canary = canary_labels(given, ytr, other, nz["canaries"], nz["seed"], conf, nz["canary_power"])
+        given, canary = canary_labels(given, ytr, other, nz["canaries"], nz["seed"], conf, nz["canary_power"],
+                                      nz["canary_confused"], k)
         meta.update(canaries=int(canary.sum()), canary_reference=nz["canary_reference"],
-                    canary_reference_identity=ident, canary_power=nz["canary_power"], canary_rule=CANARY_RULE)
+                    canary_reference_identity=ident, canary_power=nz["canary_power"],
+                    canary_confused=nz["canary_confused"], canary_rule=CANARY_RULE)
     a = {"source": np.arange(n), "given": given, "true": ytr, "dup": np.zeros(n, bool),
          "dup_of": np.full(n, -1, np.int64), "canary": canary}
     if nz["duplicates"] > 0:

@@ -221,15 +221,21 @@ def instance_noise(cfg: dict[str, Any], ytr: np.ndarray, recorded: np.ndarray | 
 # ----------------------------------------------------------------------------- canaries
 CANARY_RULE = ("canaries: round(rate*N) samples drawn at random without replacement (seed noise.seed, stream 2), with "
                "probability proportional to the reference's confusability ** noise.canary_power (0: uniform), among "
-               "those whose label is the data set's own and whose reference confused-with class differs, get that class "
-               "(the flip a person confusing the two would make)")
+               "those whose label is the data set's own and whose reference confused-with class differs; each gets that "
+               "class with probability noise.canary_confused, else a uniformly random other class (stream 3): the "
+               "share of a person's mistakes that go to the class a network confuses the sample with")
 
 
 def canary_labels(given: np.ndarray, true: np.ndarray, confused_with: np.ndarray, rate: float, seed: int,
-                  confusability: np.ndarray | None = None, power: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+                  confusability: np.ndarray | None = None, power: float = 0.0, confused_share: float = 1.0,
+                  num_classes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(given labels (N,) with the canaries flipped, is_canary (N,) bool): exactly round(rate*N) samples, drawn at
     random without replacement among those with given == true and confused_with != given, with probability
-    proportional to confusability ** power (N,) (power 0 or no confusability: uniform), get confused_with."""
+    proportional to confusability ** power (N,) (power 0 or no confusability: uniform). Each gets confused_with with
+    probability `confused_share`, else a uniformly random class other than its label (of `num_classes`, default
+    max label + 1); the choice of samples does not depend on `confused_share`."""
+    if not 0.0 <= confused_share <= 1.0:
+        raise UserError(f"noise.canary_confused={confused_share} must be in [0, 1] (1: always the confused-with class)")
     given, true, other = (np.asarray(a, np.int64) for a in (given, true, confused_with))
     if not 0.0 <= rate < 1.0:
         raise UserError(f"noise.canaries={rate} must be in [0, 1)")
@@ -245,8 +251,15 @@ def canary_labels(given: np.ndarray, true: np.ndarray, confused_with: np.ndarray
     else:  # tiny floor: a sample the reference never confused keeps a (tiny) chance, and the draw stays defined
         w = np.maximum(np.asarray(confusability, np.float64)[movable], 1e-12) ** power
         pick = np.sort(rng.choice(movable, size=count, replace=False, p=w / w.sum()))
+    target = other[pick].copy()
+    if confused_share < 1.0:
+        k = int(num_classes or max(given.max(), other.max()) + 1)
+        rt = np.random.default_rng([seed, 3])
+        elsewhere = rt.random(len(pick)) >= confused_share
+        shift = rt.integers(1, k, len(pick))  # a uniformly random class other than the label
+        target[elsewhere] = ((given[pick] + shift) % k)[elsewhere]
     out, canary = given.copy(), np.zeros(len(given), bool)
-    out[pick], canary[pick] = other[pick], True
+    out[pick], canary[pick] = target, True
     return out, canary
 
 

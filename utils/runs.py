@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import DEFAULTS, flatten, given_keys, identity_diff
+from .config import ADDED_LATER, DEFAULTS, flatten, given_keys, identity_diff
 from .data import DataBundle, build_data
 from .distributed import Dist, broadcast_object, setup
 from .errors import UserError
@@ -227,8 +227,8 @@ def merge_run_config(recorded: dict[str, Any], cfg: dict[str, Any], name: str) -
         if key.split(".")[0] in RECORDED and key not in DATA_LOCATION and key in rec_flat and rec_flat[key] != value:
             raise UserError(f"{key}={value!r} differs from run {name!r}, recorded with {key}={rec_flat[key]!r}; "
                             "later stages take it from the run record: drop the override")
-    out = copy.deepcopy(DEFAULTS)  # keys added since the run was trained keep their defaults
-    for key, value in flatten(recorded).items():
+    out = copy.deepcopy(DEFAULTS)  # keys added since the run was trained: the value it was trained with
+    for key, value in {**{k: v for k, v in ADDED_LATER.items() if k not in rec_flat}, **rec_flat}.items():
         node = out
         *parents, leaf = key.split(".")
         for p in parents:

@@ -187,7 +187,7 @@ def make_report(cfg: dict[str, Any], progress: bool = True, html: bool = True) -
         hidden = canary[_pos(curv, table["index"])]
         cans = canary_recall(value[canary], table["report_score"][~hidden], r["top"],
                              int((table["category"][~hidden] == CATEGORY_NAMES[1]).sum()),
-                             n_errors=estimated_errors(scores, got["held"], canary))
+                             n_errors=estimated_errors(run, curv, got["held"], canary))
         table = {k: (np.arange(1, int((~hidden).sum()) + 1) if k == "rank" else v[~hidden]) for k, v in table.items()}
         notes.append(cans["note"])
     paths = [_write_csv(out / "suspects.csv", table)]
@@ -222,20 +222,42 @@ def _canaries(run: Run, curv: dict[str, np.ndarray]) -> np.ndarray:
     return run.record["is_canary"].numpy()[np.asarray(curv["index"])]
 
 
-def estimated_errors(scores: dict[str, np.ndarray], held: Any, canary: np.ndarray) -> float | None:
-    """The number of label errors among the non-canary samples (canary (N,) bool) by Confident Learning on the
-    held-out probabilities (cleanlab's find_label_issues count); None without held-out evidence."""
-    if held is None or "confident_learning_flag" not in scores:
+def estimated_errors(run: Run, curv: dict[str, np.ndarray], held: dict | None,
+                     canary: np.ndarray) -> tuple[float, float, float] | None:
+    """The number of label errors among the non-canary samples (canary (N,) bool, curv's order), with a 95 % interval,
+    from the held-out models by the Rogan-Gladen estimator of a prevalence seen through an imperfect test:
+    E = N (AP + Sp - 1) / (Se + Sp - 1). The test flags a sample whose held-out most probable class is not its label;
+    AP is the share of samples it flags, Se (sensitivity) the share of canaries it flags (Wilson interval over the
+    canaries), Sp (specificity) the held-out models' mean test accuracy (Wilson interval over the test set). The
+    interval takes the extremes of Se and Sp (AP's own sampling error is left out). None without held-out evidence or
+    canaries held out; the estimate is fragile when AP + Sp - 1 is small (held-out models near the noise level)."""
+    from ..holdout.memorization import wilson
+
+    if held is None or not canary.any():
         return None
-    return float(np.nansum(scores["confident_learning_flag"][~canary]))
+    seen = np.asarray(held["n_out"]) > 0
+    flag = np.nanargmax(np.nan_to_num(held["probs"], nan=-1.0), 1) != np.asarray(curv["given_label"])
+    if not seen[canary].any():
+        return None
+    n, ap, se = int((seen & ~canary).sum()), flag[seen & ~canary].mean(), flag[seen & canary].mean()
+    sp = float(np.mean(held["holdout"].test_accuracy))
+    se_lo, se_hi = (float(v[0]) for v in wilson(np.array([se]), np.array([int((seen & canary).sum())])))
+    sp_lo, sp_hi = (float(v[0]) for v in wilson(np.array([sp]), np.array([len(run.data.test)])))
+
+    def rg(se_: float, sp_: float) -> float:
+        d = se_ + sp_ - 1.0
+        return float(np.clip(n * (ap + sp_ - 1.0) / d, 0, n)) if d > 0 else float(n)
+
+    return rg(se, sp), rg(se_hi, sp_lo), rg(se_lo, sp_hi)
 
 
 def canary_recall(canary_values: np.ndarray, listed_values: np.ndarray, *ks: int,
-                  n_errors: float | None = None) -> dict[str, Any]:
+                  n_errors: tuple[float, float, float] | None = None) -> dict[str, Any]:
     """The report's recall at k estimated on its canaries: the share of canaries (values (C,)) that rank above the
     k-th listed sample (listed_values (N,), sorted from the top), with the Wilson 95 % interval of C draws, per k.
-    With `n_errors` (an estimate of the real label errors among the listed samples), also the expected real errors in
-    the top k: recall at k x n_errors, the interval scaled alike (n_errors' own uncertainty not included)."""
+    With `n_errors` (an estimate of the real label errors among the listed samples and its interval,
+    `estimated_errors`), also the expected real errors in the top k: recall at k x n_errors, lower bounds times lower
+    bounds, upper times upper, at most k."""
     from ..holdout.memorization import wilson
 
     c = len(canary_values)
@@ -246,13 +268,14 @@ def canary_recall(canary_values: np.ndarray, listed_values: np.ndarray, *ks: int
         lo, hi = wilson(np.array([found / c]), np.array([c]))
         rows[k] = (found / c, float(lo[0]), float(hi[0]))
         if n_errors is not None:
-            expected[k] = tuple(min(v * n_errors, k) for v in rows[k])
+            expected[k] = tuple(min(v * e, k) for v, e in zip(rows[k], n_errors))
     text = "; ".join(f"recall at {k}: {v[0]:.2f} [{v[1]:.2f}, {v[2]:.2f}]" for k, v in rows.items())
     note = (f"canaries: {c} hidden label flips (noise.canaries), never listed; estimated {text} (the share of canaries "
             "ranked above the k-th listed sample, Wilson 95 %)")
     if n_errors is not None:
-        note += (f"; of about {n_errors:.0f} label errors among the listed samples (Confident Learning's count on the "
-                 "held-out probabilities), expected real errors in the top " +
+        note += (f"; of about {n_errors[0]:.0f} [{n_errors[1]:.0f}, {n_errors[2]:.0f}] label errors among the listed "
+                 "samples (the held-out models' disagreement, corrected by their sensitivity on the canaries and "
+                 "their test accuracy: Rogan-Gladen), expected real errors in the top " +
                  "; ".join(f"{k}: {v[0]:.0f} [{v[1]:.0f}, {v[2]:.0f}]" for k, v in expected.items()))
     return {"recall": rows, "expected": expected, "n_errors": n_errors, "note": note}
 
