@@ -23,8 +23,8 @@ from utils.io import markdown_table, read_table, write_table  # noqa: E402
 SETS = [("cifar10n_aggre", "ev_c10n_aggre", "ev_c10n_none", {a: f"ev_fix_{a}" for a in ("accept", "remove", "random")})]
 SETS += [(f"digits_instance_s{s}", f"ev_digits_instance_s{s}", f"ev_fixd_oracle_s{s}",
           {a: f"ev_fixd_{a}_s{s}" for a in ("accept", "remove", "random")}) for s in range(3)]
-SETS += [(f"mnist10k_instance_s{s}", f"ev_mnist_inst_s{s}", f"ev_fixm_oracle_s{s}",
-          {a: f"ev_fixm_{a}_s{s}" for a in ("accept", "remove", "random")}) for s in range(3)]
+SETS += [(f"mnist5k_instance_s{s}", f"ev_m5k_inst_s{s}", f"ev_fixm5k_oracle_s{s}",
+          {a: f"ev_fixm5k_{a}_s{s}" for a in ("accept", "remove", "random")}) for s in range(3)]
 
 
 def test_acc(run: str) -> float | None:

@@ -102,3 +102,23 @@ def test_wrong_references_are_one_line_errors(ref_dir, tmp_path):
     res = run_script("train_digits.py", f"paths.pretrained={tmp_path}/pretrained", "run=x", "noise.kind=instance",
                      "noise.rate=0.1", "data.subset=300", cwd=tmp_path)
     assert res.returncode == 2 and res.stderr.strip().splitlines()[-1].startswith("error: noise.kind=instance needs")
+
+
+def test_instance_noise_with_canaries_and_exclusions_reopens_from_its_record(ref_dir, tmp_path):
+    """The record keeps the noise step's labels (noise_labels), so a later stage rebuilds exactly the trained labels
+    when canaries, a labels file and exclusions sit on top of instance noise (and a fold model of it too)."""
+    shutil.copytree(ref_dir / "pretrained/ref", tmp_path / "pretrained/ref")
+    drop = tmp_path / "drop.csv"
+    drop.write_text("index,remove\n3,1\n7,1\n")
+    cfg = _inst(tmp_path, "noise.canaries=0.05", "noise.canary_reference=ref", f"data.exclude={drop}")
+    train(cfg)
+    rec = load_npz(run_dir(cfg) / "record.npz")
+    assert len(rec["noise_labels"]) == 300 and len(rec["given_labels"]) == 298 and rec["is_canary"].sum() == 15
+    run = open_run(_inst(tmp_path))
+    assert np.array_equal(run.data.record["given_labels"].numpy(), rec["given_labels"])
+    assert np.array_equal(run.data.record["is_canary"].numpy(), rec["is_canary"])
+    fold = _inst(tmp_path, "run=fold", "noise.canaries=0.05", "noise.canary_reference=ref", f"data.exclude={drop}",
+                 "data.folds=2")
+    train(fold)
+    f = open_run(_inst(tmp_path, "run=fold"))
+    assert np.array_equal(f.data.record["given_labels"].numpy(), load_npz(run_dir(fold) / "record.npz")["given_labels"])

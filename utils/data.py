@@ -333,7 +333,7 @@ def build_data(cfg: dict[str, Any], recorded_labels: np.ndarray | None = None) -
         record["is_canary"] = torch.from_numpy(canary)
     if folder_data:  # where each source image lives, relative to data.root/data.folder
         record["source_files"] = files
-    record.update(file_meta)
+    record.update({k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in file_meta.items()})
     if nz["kind"] == "instance":
         record.update(noise_reference=nz["reference"], noise_reference_identity=nz["reference_identity"],
                       noise_rule=INSTANCE_RULE)

@@ -18,16 +18,17 @@ from .noise import CANARY_RULE, canary_labels, canary_reference, corrupt_labels,
 
 def training_labels(cfg: dict[str, Any], ytr: np.ndarray, classes: list[str], files: list[str] | None,
                     recorded_labels: np.ndarray | None) -> tuple[dict[str, np.ndarray], dict[str, Any], np.ndarray | None]:
-    """(arrays, what the record keeps about label files and canaries, fold positions or None) for the data set's
-    own labels ytr (N,) int64 and class names; `files` (N,) the image files of folder data (else None) and
-    `recorded_labels` (N,) the run record's given labels at later stages (noise.kind=instance: no reference needed)."""
+    """(arrays, what the record keeps about the noise, label files and canaries, fold positions or None) for the data
+    set's own labels ytr (N,) int64 and class names; `files` (N,) the image files of folder data (else None) and
+    `recorded_labels` (N,) the noise step's labels recorded by training (noise.kind=instance at later stages: the
+    reference run is not needed; the record's `noise_labels`)."""
     d, nz = cfg["data"], cfg["noise"]
     n, k = len(ytr), len(classes)
     if nz["kind"] == "instance":
         given = instance_noise(cfg, ytr, recorded_labels)
     else:
         given = corrupt_labels(ytr, k, nz["kind"], nz["rate"], nz["seed"], classes)
-    meta: dict[str, Any] = {}
+    meta: dict[str, Any] = {"noise_labels": given.copy()} if nz["kind"] == "instance" else {}
     if d["labels"]:  # labels from a CSV (utils/labels.py): CIFAR-10N, a report's exported decisions
         given, meta = apply_labels(cfg, given, list(classes), files, cfg["paths"]["pretrained"])
     canary = np.zeros(n, bool)

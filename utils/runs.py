@@ -43,8 +43,10 @@ _EPOCH_RE = re.compile(r"epoch_(\d{3,})\.pt$")
 RECORDED = ("data", "noise", "model", "train")  # sections the run record owns
 DATA_LOCATION = ("data.root", "data.folder", "data.num_workers")  # may differ from the record: where data lives now
 RECORD_KEYS = ("index", "given_labels", "true_labels", "is_noisy", "is_duplicate", "duplicate_of", "source_index")
-# parent_index: fold runs (data.folds > 1), each sample's position in the whole training set; is_canary: noise.canaries
-OPTIONAL_RECORD_KEYS = ("parent_index", "is_canary")
+# parent_index: fold runs (data.folds > 1), each sample's position in the whole training set; is_canary: noise.canaries;
+# noise_labels: noise.kind=instance, the labels the noise step gave each source image (before labels files, canaries,
+# duplicates, exclusions and folds): what a later stage rebuilds the labels from without the reference run
+OPTIONAL_RECORD_KEYS = ("parent_index", "is_canary", "noise_labels")
 
 
 # ----------------------------------------------------------------------------- paths
@@ -298,9 +300,11 @@ class Run:
     @functools.cached_property
     def data(self) -> DataBundle:
         """The run's own data set (built from the record's config, never downloaded), labels checked."""
-        n = self.cfg["noise"]
-        recorded = self.record["given_labels"].numpy() if n["kind"] == "instance" and not self.cfg["data"]["folds"] \
-            else None  # instance noise: the recorded labels, so the reference run is not needed any more
+        n, recorded = self.cfg["noise"], None
+        if "noise_labels" in self.record:  # instance noise: the recorded labels, so the reference is not needed
+            recorded = self.record["noise_labels"].numpy()
+        elif n["kind"] == "instance" and not self.cfg["data"]["folds"]:  # runs recorded before noise_labels
+            recorded = self.record["given_labels"].numpy()
         for key, sha in (("labels", "labels_sha256"), ("exclude", "exclude_sha256")):
             path = self.cfg["data"][key]
             if path and sha in self.record and Path(path).is_file() and file_sha256(path) != self.record[sha]:
