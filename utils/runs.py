@@ -3,7 +3,8 @@
 Training writes, under `pretrained/<run>/`:
 - `run.json`: the run record's config part — the resolved config (data, noise, model, train, ...),
   its identity hash, the data set's identity, format version;
-- `record.npz`: the per-sample record (index, given/true label, is_noisy, duplicates, source index);
+- `record.npz`: the per-sample record (index, given/true label, is_noisy, duplicates, source index; where they
+  apply: parent_index, is_canary, noise_labels — `OPTIONAL_RECORD_KEYS`);
 - `epoch_XXX.pt`: model weights of a saved epoch (epoch 0 = initialisation), step and metrics;
 - `resume.pt`: the newest epoch's weights + optimizer + scheduler (what a resume needs, one file);
 - `stats/epoch_XXX.npz` (per epoch, appended) and `train_stats.npz` (all epochs, written at the end).
