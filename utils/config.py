@@ -365,11 +365,11 @@ _RESUME_FREE = ("run", "resume", "paths.", "dist.", "data.root", "data.folder", 
 # Run-defining keys added after runs were recorded, with the value those runs had: left out of the identity while at
 # it, and given to a recorded run whose config lacks the key (`utils.runs.merge_run_config`).
 ADDED_LATER = {"data.on_device": False, "train.optimizer": "sgd", "data.folds": 0, "data.holdout_fold": 0,
-                "data.fold_seed": 0, "noise.reference": "", "noise.reference_identity": "", "model.kwargs": {},
-                "train.dtype": "float32", "data.fold_scheme": "folds", "data.fold_fraction": 0.5, "data.labels": "",
-                "data.labels_column": "label", "data.labels_key": "auto", "data.exclude": "", "train.init": "",
-                "train.init_identity": "", "noise.canaries": 0.0, "noise.canary_reference": "",
-                "noise.canary_power": 0.0, "noise.canary_confused": 1.0, "data.labels_identity": "", "data.exclude_identity": ""}
+               "data.fold_seed": 0, "noise.reference": "", "noise.reference_identity": "", "model.kwargs": {},
+               "train.dtype": "float32", "data.fold_scheme": "folds", "data.fold_fraction": 0.5, "data.labels": "",
+               "data.labels_column": "label", "data.labels_key": "auto", "data.exclude": "", "train.init": "",
+               "train.init_identity": "", "noise.canaries": 0.0, "noise.canary_reference": "",
+               "noise.canary_power": 0.0, "noise.canary_confused": 1.0, "data.labels_identity": "", "data.exclude_identity": ""}
 
 
 def identity_items(cfg: dict[str, Any]) -> dict[str, Any]:
