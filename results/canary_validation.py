@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from utils.config import load_config  # noqa: E402
 from utils.io import markdown_table, write_table  # noqa: E402
-from utils.report.build import canary_recall, estimated_errors, load_inputs  # noqa: E402
+from utils.report.build import canary_mask, canary_recall, estimated_errors, load_inputs  # noqa: E402
 from utils.report.ranking import DEFAULT_RULE, apply_rule, order  # noqa: E402
 from utils.runs import open_run  # noqa: E402
 
@@ -41,8 +41,7 @@ def main() -> None:
     a = ap.parse_args()
     run = open_run(load_config(None, [f"run={a.run}"]))
     got = load_inputs(run, progress=False)
-    idx = np.asarray(got["curv"]["index"])
-    canary = run.record["is_canary"].numpy()[idx]
+    canary = canary_mask(run, got["curv"])
     human = np.asarray(got["curv"]["is_noisy"], bool) & ~canary
     value = apply_rule(got["scores"], DEFAULT_RULE)
     listed = order(value)

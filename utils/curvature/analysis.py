@@ -32,7 +32,7 @@ from ..io import load_npz, write_table
 from ..metrics import auprc, auroc
 from ..runs import Run, open_run
 from ..scores.catalogue import score_label as label
-from ..scores.compute import curvature_scores, learning_time, positive_floor  # noqa: F401 (re-exported)
+from ..scores.compute import cleanlab_ranking, curvature_scores, learning_time, positive_floor  # noqa: F401
 from ..scores.compute import training_dynamics as baseline_scores
 from . import plots
 
@@ -44,20 +44,15 @@ TARGETS = {"mislabeled": "mislabeled (is_noisy)", "duplicate": "injected duplica
 
 # ----------------------------------------------------------------------------- scores
 def confident_learning(labels: np.ndarray, probs: np.ndarray) -> dict[str, np.ndarray]:
-    """cleanlab on (N,) labels and (N, K) probabilities: 'score' = 1 - self-confidence label quality (N,),
-    'flagged' = find_label_issues (N,) bool. A one-line UserError when cleanlab is not installed."""
+    """cleanlab on (N,) labels and (N, K) probabilities (`utils.scores.compute.cleanlab_ranking`): 'score' =
+    1 - self-confidence label quality (N,), 'flagged' = find_label_issues (N,) bool. A one-line UserError when
+    cleanlab is not installed."""
     try:
-        from cleanlab.filter import find_label_issues
-        from cleanlab.rank import get_label_quality_scores
+        got = cleanlab_ranking(labels, probs)
     except ImportError:
         raise UserError("Confident Learning needs cleanlab (pip install cleanlab); "
                         "or set analysis.cl_probs=none to skip that column") from None
-    labels = np.asarray(labels, np.int64)
-    probs = np.asarray(probs, np.float64)
-    probs = probs / probs.sum(1, keepdims=True)
-    quality = get_label_quality_scores(labels, probs, method="self_confidence")
-    flagged = find_label_issues(labels, probs, n_jobs=1)
-    return {"score": 1.0 - quality, "flagged": np.asarray(flagged, bool)}
+    return {"score": got["confident_learning"], "flagged": got["confident_learning_flag"].astype(bool)}
 
 
 def rows_for(scores: dict[str, np.ndarray], target: np.ndarray, target_id: str, group: str = "score",

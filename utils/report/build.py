@@ -182,7 +182,7 @@ def make_report(cfg: dict[str, Any], progress: bool = True, html: bool = True) -
     sources = _sources(run, curv)
     classes = list(run.record["classes"])
     table = suspect_table(stats, curv, cols, sug, scores, rule, classes, sources, pairs, r)
-    canary, cans = _canaries(run, curv), None
+    canary, cans = canary_mask(run, curv), None
     if canary.any():  # canaries are never listed: the report measures its own recall on them
         hidden = canary[_pos(curv, table["index"])]
         cans = canary_recall(value[canary], table["report_score"][~hidden], r["top"],
@@ -215,7 +215,7 @@ def make_report(cfg: dict[str, Any], progress: bool = True, html: bool = True) -
             "paths": paths, "out_dir": out, "seconds": time.time() - t0, "rule": rule}
 
 
-def _canaries(run: Run, curv: dict[str, np.ndarray]) -> np.ndarray:
+def canary_mask(run: Run, curv: dict[str, np.ndarray]) -> np.ndarray:
     """(N,) bool in curv's order: the run's canaries (noise.canaries), all False for a run without."""
     if "is_canary" not in run.record:
         return np.zeros(len(curv["index"]), bool)
@@ -270,6 +270,9 @@ def canary_recall(canary_values: np.ndarray, listed_values: np.ndarray, *ks: int
         if n_errors is not None:
             expected[k] = tuple(min(v * e, k) for v, e in zip(rows[k], n_errors))
     text = "; ".join(f"recall at {k}: {v[0]:.2f} [{v[1]:.2f}, {v[2]:.2f}]" for k, v in rows.items())
+    summary = "; ".join(f"top {k}: {v[0]:.2f} [{v[1]:.2f}, {v[2]:.2f}]" + (
+        f", about {expected[k][0]:.0f} [{expected[k][1]:.0f}, {expected[k][2]:.0f}] real errors" if expected else "")
+        for k, v in rows.items())
     note = (f"canaries: {c} hidden label flips (noise.canaries), never listed; estimated {text} (the share of canaries "
             "ranked above the k-th listed sample, Wilson 95 %)")
     if n_errors is not None:
@@ -277,7 +280,7 @@ def canary_recall(canary_values: np.ndarray, listed_values: np.ndarray, *ks: int
                  "samples (the held-out models' disagreement, corrected by their sensitivity on the canaries and "
                  "their test accuracy: Rogan-Gladen), expected real errors in the top " +
                  "; ".join(f"{k}: {v[0]:.0f} [{v[1]:.0f}, {v[2]:.0f}]" for k, v in expected.items()))
-    return {"recall": rows, "expected": expected, "n_errors": n_errors, "note": note}
+    return {"recall": rows, "expected": expected, "n_errors": n_errors, "note": note, "summary": summary}
 
 
 def _pos(curv: dict[str, np.ndarray], index: Any) -> np.ndarray:
@@ -338,10 +341,7 @@ def _html(run: Run, out: Path, table: dict[str, np.ndarray], head: list[dict[str
         summary.insert(1, ("corrected from", f"run {d['corrected_from']}: {d.get('labels_changed_from_run', '?')} "
                                              f"labels changed, {d.get('excluded', 0)} removed"))
     if cans:  # the report's recall on this run, measured on its canaries (canary_recall)
-        summary.append(("recall (canaries)", "; ".join(
-            f"top {k}: {v[0]:.2f} [{v[1]:.2f}, {v[2]:.2f}]" + (
-                f", about {cans['expected'][k][0]:.0f} [{cans['expected'][k][1]:.0f}, {cans['expected'][k][2]:.0f}] "
-                "real errors" if k in cans["expected"] else "") for k, v in cans["recall"].items())))
+        summary.append(("recall (canaries)", cans["summary"]))
     columns = list(table)
     banner = "" if sug.out_of_sample else (
         "Suggestions and categories are in-sample: they come from a checkpoint trained on the very labels they judge, "
